@@ -1,0 +1,30 @@
+# wxrelay — the front door.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help venv test clean
+
+help:
+	@echo "make run      start the whole appliance locally (nginx, relays, workers, Redis)"
+	@echo "make say      talk to it as WeChat would: make say TEXT=hello [MODE=plain|compat|safe]"
+	@echo "make status   the state of every process and of the chain"
+	@echo "make logs     follow the logs"
+	@echo "make stop     stop everything make run started"
+	@echo "make test     the test suite"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned dependencies into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+test: venv
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

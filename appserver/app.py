@@ -1,0 +1,40 @@
+"""The Celery application the workers run: `celery -A appserver worker`."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common.settings import Settings
+
+settings = Settings.from_env()
+
+app = Celery("wxrelay", broker=settings.redis_url, backend=settings.redis_url)
+app.conf.update(
+    # JSON only: a pickle payload on a shared Redis is remote code execution.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # A message is acknowledged when its task ends, so a worker killed
+    # mid-task gives it back to the queue instead of losing it.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_soft_time_limit=settings.task_soft_time_limit,
+    task_time_limit=settings.task_time_limit,
+    task_default_queue=settings.queue,
+    # Handlers mostly wait on I/O (databases, APIs): threads let one process
+    # keep dozens of them waiting at once, where prefork holds a process each.
+    worker_pool="threads",
+    worker_concurrency=settings.worker_concurrency,
+    broker_transport_options={
+        # Unacknowledged messages of a dead worker come back after this long;
+        # it must outlast the longest task and the longest countdown.
+        "visibility_timeout": 2 * settings.task_time_limit,
+    },
+    result_expires=3600,
+    broker_connection_retry_on_startup=True,
+    worker_send_task_events=False,
+    task_send_sent_event=False,
+    worker_hijack_root_logger=False,
+)

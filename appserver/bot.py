@@ -1,0 +1,97 @@
+"""The bot: the one object an account owner builds, by decorating handlers."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, overload
+
+from appserver import routing
+from appserver.routing import Handler, Matcher, Route
+from wechat.messages import BaseMessage
+
+Decorator = Callable[[Handler], Handler]
+
+
+class Bot:
+    """Handlers by message type, event and keyword; the first match wins.
+
+    A handler takes the message and returns a reply (a `str` is a text reply,
+    `None` is no reply); it may be `async`.
+    """
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+        self.fallback_handler: Handler | None = None
+
+    def route(self, matches: Matcher) -> Decorator:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(Route(handler, matches))
+            return handler
+
+        return register
+
+    def find_handler(self, msg: BaseMessage) -> Handler | None:
+        for route in self.routes:
+            if route.matches(msg):
+                return route.handler
+        return self.fallback_handler
+
+    def fallback(self, handler: Handler) -> Handler:
+        """Answers whatever no other handler matched, unknown types included."""
+        self.fallback_handler = handler
+        return handler
+
+    @overload
+    def text(self, pattern: Handler) -> Handler: ...
+    @overload
+    def text(self, pattern: str | re.Pattern[str] | None = None) -> Decorator: ...
+    def text(self, pattern: object = None) -> object:
+        """`@bot.text("hi")` a keyword, `@bot.text(re.compile(...))` a pattern, `@bot.text()` any text."""
+        if callable(pattern) and not isinstance(pattern, re.Pattern):
+            return self.route(routing.text(None))(pattern)
+        return self.route(routing.text(pattern))  # type: ignore[arg-type]
+
+    def _type(self, handler: Handler | None, *types: str) -> Handler | Decorator:
+        register = self.route(routing.message_type(*types))
+        return register(handler) if handler is not None else register
+
+    def image(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._type(handler, "image")
+
+    def voice(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._type(handler, "voice")
+
+    def video(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._type(handler, "video", "shortvideo")
+
+    def location(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._type(handler, "location")
+
+    def link(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._type(handler, "link")
+
+    def event(self, name: str, key: str | None = None) -> Decorator:
+        """Any event by name, e.g. `@bot.event("templatesendjobfinish")`."""
+        return self.route(routing.event(name, key))
+
+    def _event(self, handler: Handler | None, name: str) -> Handler | Decorator:
+        register = self.event(name)
+        return register(handler) if handler is not None else register
+
+    def subscribe(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._event(handler, "subscribe")
+
+    def unsubscribe(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._event(handler, "unsubscribe")
+
+    def scan(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._event(handler, "scan")
+
+    def view(self, handler: Handler | None = None) -> Handler | Decorator:
+        return self._event(handler, "view")
+
+    def click(self, key: str | Handler | None = None) -> Handler | Decorator:
+        """`@bot.click("MENU_KEY")` one menu key, `@bot.click` any click."""
+        if callable(key):
+            return self.event("click")(key)
+        return self.event("click", key)

@@ -1,0 +1,60 @@
+"""From an inbound message to the reply: parse, route, call, render."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from appserver import coroutines
+from appserver.bot import Bot
+from appserver.session import Session
+from wechat.events import BaseEvent
+from wechat.parser import parse_message
+from wechat.replies import Reply, coerce_reply
+
+log = logging.getLogger("wxrelay.appserver")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A rendered passive reply ('' for none) and the same reply for the API."""
+
+    xml: str
+    customer_service: dict[str, Any] | None
+
+    @classmethod
+    def none(cls) -> Answer:
+        return cls("", None)
+
+
+def handle(xml: str, bot: Bot, client: redis.Redis, session_ttl: int, time_limit: float) -> Answer:
+    """Never raises for anything a handler does: a failure is logged and yields no reply."""
+    msg = parse_message(xml)
+    session = Session(client, msg.source, session_ttl)
+    msg.session = session  # type: ignore[attr-defined]
+    handler = bot.find_handler(msg)
+    if handler is None:
+        return Answer.none()
+    try:
+        result = handler(msg)
+        if inspect.isawaitable(result):
+            result = coroutines.run(result, time_limit)  # type: ignore[arg-type]
+        reply = coerce_reply(result)
+        answer = _render(reply, msg.source, msg.target, isinstance(msg, BaseEvent))
+        session.save()
+    except Exception:
+        log.exception("handler %s failed on message %s", getattr(handler, "__name__", handler), msg.dedupe_key)
+        return Answer.none()
+    return answer
+
+
+def _render(reply: Reply | None, user: str, account: str, for_event: bool) -> Answer:
+    if reply is None:
+        return Answer.none()
+    xml = reply.render(user, account, int(time.time()), for_event=for_event)
+    return Answer(xml, reply.to_customer_service(user))

@@ -1,0 +1,1 @@
+"""What the relay and the appserver share: settings and the message ledger."""

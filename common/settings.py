@@ -1,0 +1,158 @@
+"""The one source of configuration: the environment, over an optional env file.
+
+Every process of the appliance (relay, worker, simulator, local runner) reads
+the same variables; the README documents them in one table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from dotenv import dotenv_values
+
+from wechat.crypto import decode_aes_key
+from wechat.exceptions import InvalidConfigError
+from wechat.signature import validate_token
+
+
+def _float(value: str) -> float:
+    return float(value)
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
+def _optional(value: str) -> str | None:
+    return value or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    convert: Callable[[str], Any] = str
+    doc: str = ""
+
+
+# (attribute, variable, default, converter) — the README table mirrors this list.
+SETTINGS: dict[str, Setting] = {
+    "token": Setting("WECHAT_TOKEN", "", str, "Token set in the account's server configuration."),
+    "appid": Setting("WECHAT_APPID", "", str, "The account's AppID."),
+    "aes_key": Setting("WECHAT_AES_KEY", "", _optional, "EncodingAESKey (43 chars); empty = plaintext only."),
+    "aes_key_previous": Setting(
+        "WECHAT_AES_KEY_PREVIOUS", "", _optional, "The previous EncodingAESKey, kept during rotation."
+    ),
+    "appsecret": Setting(
+        "WECHAT_APPSECRET", "", _optional, "AppSecret; enables late replies by the customer-service API."
+    ),
+    "api_base": Setting("WECHAT_API_BASE", "https://api.weixin.qq.com", str, "WeChat API base URL."),
+    "redis_url": Setting("WXRELAY_REDIS_URL", "redis://127.0.0.1:6379/0", str, "Broker, results, ledger."),
+    "bot": Setting("WXRELAY_BOT", "appserver.example_bot:bot", str, "The bot: module:attribute or file.py:attribute."),
+    "wechat_timeout": Setting("WXRELAY_WECHAT_TIMEOUT", "5.0", _float, "How long WeChat waits per delivery (s)."),
+    "reply_budget": Setting("WXRELAY_REPLY_BUDGET", "4.5", _float, "Wait on the last delivery before `success` (s)."),
+    "deliveries": Setting("WXRELAY_DELIVERIES", "3", _positive_int, "Deliveries WeChat makes of one message."),
+    "timestamp_window": Setting("WXRELAY_TIMESTAMP_WINDOW", "300", _positive_int, "Accepted clock skew (s)."),
+    "max_body": Setting("WXRELAY_MAX_BODY", "65536", _positive_int, "Largest accepted request body (bytes)."),
+    "dedupe_ttl": Setting("WXRELAY_DEDUPE_TTL", "600", _positive_int, "How long a message's record lives (s)."),
+    "session_ttl": Setting("WXRELAY_SESSION_TTL", "86400", _positive_int, "Idle lifetime of `msg.session` (s)."),
+    "queue": Setting("WXRELAY_QUEUE", "wxrelay", str, "Celery queue of the message task."),
+    "task_soft_time_limit": Setting("WXRELAY_TASK_SOFT_TIME_LIMIT", "60", _positive_int, "Handler soft limit (s)."),
+    "task_time_limit": Setting("WXRELAY_TASK_TIME_LIMIT", "90", _positive_int, "Handler hard limit (s)."),
+    "log_level": Setting("WXRELAY_LOG_LEVEL", "INFO", str, "Log level of every process."),
+    "http_port": Setting("WXRELAY_HTTP_PORT", "8080", _positive_int, "Local appliance: nginx port."),
+    "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
+    "relays": Setting("WXRELAY_RELAYS", "2", _positive_int, "Local appliance: relay processes."),
+    "workers": Setting("WXRELAY_WORKERS", "2", _positive_int, "Local appliance: worker processes."),
+    "worker_concurrency": Setting(
+        "WXRELAY_WORKER_CONCURRENCY", "50", _positive_int, "Handlers one worker process runs at once."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    token: str
+    appid: str
+    aes_key: str | None
+    aes_key_previous: str | None
+    appsecret: str | None
+    api_base: str
+    redis_url: str
+    bot: str
+    wechat_timeout: float
+    reply_budget: float
+    deliveries: int
+    timestamp_window: int
+    max_body: int
+    dedupe_ttl: int
+    session_ttl: int
+    queue: str
+    task_soft_time_limit: int
+    task_time_limit: int
+    log_level: str
+    http_port: int
+    relay_port: int
+    relays: int
+    workers: int
+    worker_concurrency: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
+        """Read the settings; variables in the environment override the env file.
+
+        The env file is WXRELAY_ENV_FILE, else `.env` in the working directory
+        when it exists.
+        """
+        environ = os.environ if environ is None else environ
+        if env_file is None:
+            env_file = environ.get("WXRELAY_ENV_FILE") or (".env" if Path(".env").is_file() else None)
+        values: dict[str, str] = {}
+        if env_file is not None:
+            values.update({k: v or "" for k, v in dotenv_values(env_file).items()})
+        values.update(environ)
+        parsed: dict[str, Any] = {}
+        for attribute, setting in SETTINGS.items():
+            raw = values.get(setting.name, setting.default).strip()
+            try:
+                parsed[attribute] = setting.convert(raw)
+            except ValueError as exc:
+                raise InvalidConfigError(f"{setting.name}={raw!r} is invalid: {exc}") from None
+        return cls(**parsed)
+
+    def validate(self) -> Settings:
+        """Refuse a configuration the relay cannot serve, with one clear line."""
+        if not self.token:
+            raise InvalidConfigError("WECHAT_TOKEN is not set")
+        validate_token(self.token)
+        for attribute in ("aes_key", "aes_key_previous"):
+            key = getattr(self, attribute)
+            if key is not None:
+                try:
+                    decode_aes_key(key)
+                except InvalidConfigError as exc:
+                    raise InvalidConfigError(f"{SETTINGS[attribute].name}: {exc}") from None
+        if self.aes_key and not self.appid:
+            raise InvalidConfigError("WECHAT_APPID is required when WECHAT_AES_KEY is set")
+        if self.reply_budget >= self.wechat_timeout:
+            raise InvalidConfigError("WXRELAY_REPLY_BUDGET must be shorter than WXRELAY_WECHAT_TIMEOUT")
+        return self
+
+    @property
+    def default_mode(self) -> str:
+        """The mode a simulated WeChat uses unless told otherwise."""
+        return "safe" if self.aes_key else "plain"
+
+    def as_environ(self) -> dict[str, str]:
+        """The settings as variables, for child processes and rendered env files."""
+        out: dict[str, str] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            out[SETTINGS[field.name].name] = "" if value is None else str(value)
+        return out

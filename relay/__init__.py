@@ -1,0 +1,1 @@
+"""The relay: the Tornado edge WeChat talks to."""

@@ -1,0 +1,61 @@
+"""`python -m relay --port N`: one relay process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from tornado.httpserver import HTTPServer
+
+from common.settings import Settings
+from relay.app import make_app
+from relay.context import Relay
+from relay.metrics import watch_loop_lag
+from wechat.exceptions import InvalidConfigError
+
+log = logging.getLogger("wxrelay.relay")
+
+
+async def serve(settings: Settings, address: str, port: int) -> None:
+    relay = Relay.create(settings)
+    relay.listener.start()
+    lag_probe = watch_loop_lag()
+    server = HTTPServer(make_app(relay), xheaders=True, idle_connection_timeout=60)
+    server.listen(port, address)
+    log.info("relay listening on %s:%d", address, port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    # Stop taking requests, then let the ones in flight answer WeChat.
+    server.stop()
+    deadline = loop.time() + settings.wechat_timeout
+    while relay.dispatcher.in_flight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    lag_probe.stop()
+    await relay.listener.stop()
+    await relay.client.aclose()
+    log.info("relay on port %d stopped", port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay", description="One wxrelay relay process.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--address", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env().validate()
+    except InvalidConfigError as exc:
+        print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings, args.address, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The Tornado application of one relay process."""
+
+from __future__ import annotations
+
+from tornado.web import Application
+
+from relay.callback import CallbackHandler
+from relay.context import Relay
+from relay.health import HealthzHandler, LivezHandler, MetricsHandler
+
+
+def make_app(relay: Relay) -> Application:
+    return Application(
+        [
+            (r"/wechat", CallbackHandler, {"relay": relay}),
+            (r"/livez", LivezHandler),
+            (r"/healthz", HealthzHandler, {"relay": relay}),
+            (r"/metrics", MetricsHandler),
+        ],
+        # Access lines for every request would cost more than the request.
+        log_function=lambda handler: None,
+    )

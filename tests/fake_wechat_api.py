@@ -1,0 +1,214 @@
+"""A local stand-in for WeChat's API servers (access_token and customer-service send).
+
+WeChat's servers are outside the machine, so this is the one fake the
+test-suite allows. It answers like api.weixin.qq.com: HTTP 200 with a JSON
+errcode, and keeps every issued token valid until `expire_tokens()` (WeChat
+keeps the previous token alive for five minutes after a new fetch).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+ERRMSG = {
+    0: "ok",
+    40001: "invalid credential, access_token is invalid or not latest",
+    40002: "invalid grant_type",
+    40013: "invalid appid",
+    41001: "access_token missing",
+    42001: "access_token expired",
+    44002: "empty post data",
+    45015: "response out of time limit or subscription is canceled",
+    45047: "out of response count limit",
+    47001: "data format error",
+}
+
+
+@dataclass(frozen=True)
+class SendAttempt:
+    """One POST to custom/send, accepted or not; `body` is the raw bytes received."""
+
+    access_token: str
+    body: bytes
+    errcode: int
+
+
+class FakeWeChatAPI:
+    """`with FakeWeChatAPI(appid=..., secret=...) as api:` serves on `api.base_url`."""
+
+    def __init__(self, appid: str = "wx_fake_appid", secret: str = "fake_secret", expires_in: int = 7200) -> None:
+        self.appid = appid
+        self.secret = secret
+        self.expires_in = expires_in
+        # Guards every field below; waiters are woken whenever one changes.
+        self._changed = threading.Condition()
+        self._token_requests = 0
+        self._valid_tokens: set[str] = set()
+        self._expired_tokens: set[str] = set()
+        self._failures: deque[int] = deque()
+        self._messages: list[dict[str, Any]] = []
+        self._send_attempts: list[SendAttempt] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+
+    def __enter__(self) -> FakeWeChatAPI:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._server = _Server(self)
+        # A short poll interval keeps shutdown, and so each test's teardown, quick.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-wechat-api", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._server = self._thread = None
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeWeChatAPI is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+    @property
+    def token_requests(self) -> int:
+        """Successful token fetches."""
+        with self._changed:
+            return self._token_requests
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The JSON payloads of accepted sends, in arrival order."""
+        with self._changed:
+            return list(self._messages)
+
+    @property
+    def send_attempts(self) -> list[SendAttempt]:
+        with self._changed:
+            return list(self._send_attempts)
+
+    def fail_next(self, errcode: int, count: int = 1) -> None:
+        """Answer the next `count` authenticated sends with `errcode` (45015, 45047…)."""
+        with self._changed:
+            self._failures.extend([errcode] * count)
+
+    def expire_tokens(self) -> None:
+        """Expire every issued token: the next send with one gets 42001."""
+        with self._changed:
+            self._expired_tokens |= self._valid_tokens
+            self._valid_tokens.clear()
+
+    def wait_for(self, predicate: Callable[[FakeWeChatAPI], bool], timeout: float = 5.0) -> None:
+        """Block until `predicate(api)` holds; raise TimeoutError after `timeout` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self), timeout):
+                raise TimeoutError(f"FakeWeChatAPI: condition not met within {timeout} s")
+
+
+    def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
+        if query.get("grant_type") != "client_credential":
+            return _error(40002)
+        if query.get("appid") != self.appid:
+            return _error(40013)
+        if query.get("secret") != self.secret:
+            return _error(40001)
+        token = f"fake_access_token_{secrets.token_hex(16)}"
+        with self._changed:
+            self._token_requests += 1
+            self._valid_tokens.add(token)
+            self._changed.notify_all()
+        return {"access_token": token, "expires_in": self.expires_in}
+
+    def custom_send(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
+        token = query.get("access_token", "")
+        with self._changed:
+            errcode, payload = self._judge_send(token, body)
+            self._send_attempts.append(SendAttempt(token, body, errcode))
+            if errcode == 0:
+                self._messages.append(payload)
+            self._changed.notify_all()
+        return _error(errcode)
+
+    def _judge_send(self, token: str, body: bytes) -> tuple[int, Any]:
+        if not token:
+            return 41001, None
+        if token in self._expired_tokens:
+            return 42001, None
+        if token not in self._valid_tokens:
+            return 40001, None
+        if not body:
+            return 44002, None
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return 47001, None
+        if self._failures:
+            return self._failures.popleft(), None
+        return 0, payload
+
+
+def _error(errcode: int) -> dict[str, Any]:
+    return {"errcode": errcode, "errmsg": ERRMSG.get(errcode, "simulated error")}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, api: FakeWeChatAPI) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.api = api
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        path, query = self._target()
+        if path == "/cgi-bin/token":
+            self._answer(self.server.api.issue_token(query))
+        else:
+            self._answer({"errcode": 404, "errmsg": "not found"}, status=404)
+
+    def do_POST(self) -> None:
+        path, query = self._target()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path == "/cgi-bin/message/custom/send":
+            self._answer(self.server.api.custom_send(query, body))
+        else:
+            self._answer({"errcode": 404, "errmsg": "not found"}, status=404)
+
+    def _target(self) -> tuple[str, dict[str, str]]:
+        url = urlsplit(self.path)
+        return url.path, {name: values[-1] for name, values in parse_qs(url.query).items()}
+
+    def _answer(self, document: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; encoding=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Tests read the recorded requests, not a request log.
+        pass

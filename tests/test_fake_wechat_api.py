@@ -1,0 +1,100 @@
+"""The fake of WeChat's API servers behaves like the real endpoints."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fake_wechat_api import FakeWeChatAPI
+
+APPID = "wx_test_appid"
+SECRET = "test_secret"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeWeChatAPI]:
+    with FakeWeChatAPI(appid=APPID, secret=SECRET) as fake:
+        yield fake
+
+
+def fetch_token(api: FakeWeChatAPI, secret: str = SECRET) -> dict:
+    query = {"grant_type": "client_credential", "appid": APPID, "secret": secret}
+    return httpx.get(f"{api.base_url}/cgi-bin/token", params=query, trust_env=False).json()
+
+
+def send(api: FakeWeChatAPI, token: str, payload: dict) -> dict:
+    url = f"{api.base_url}/cgi-bin/message/custom/send"
+    return httpx.post(url, params={"access_token": token}, json=payload, trust_env=False).json()
+
+
+def text_payload(content: str) -> dict:
+    return {"touser": "o_user", "msgtype": "text", "text": {"content": content}}
+
+
+def test_token_flow_issues_unique_tokens_and_counts_fetches(api: FakeWeChatAPI) -> None:
+    first, second = fetch_token(api), fetch_token(api)
+
+    assert first["expires_in"] == 7200
+    assert first["access_token"] != second["access_token"]
+    assert api.token_requests == 2
+    # The older token stays valid, as WeChat keeps it for five minutes.
+    assert send(api, first["access_token"], text_payload("hi")) == {"errcode": 0, "errmsg": "ok"}
+
+
+def test_wrong_credentials_get_errcodes(api: FakeWeChatAPI) -> None:
+    assert fetch_token(api, secret="wrong")["errcode"] == 40001
+    wrong_appid = {"grant_type": "client_credential", "appid": "wx_other", "secret": SECRET}
+    assert httpx.get(f"{api.base_url}/cgi-bin/token", params=wrong_appid, trust_env=False).json()["errcode"] == 40013
+    assert api.token_requests == 0
+
+
+def test_accepted_send_is_recorded_with_its_raw_utf8_body(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    raw = '{"touser":"o_user","msgtype":"text","text":{"content":"你好"}}'.encode("utf-8")
+
+    url = f"{api.base_url}/cgi-bin/message/custom/send"
+    answer = httpx.post(url, params={"access_token": token}, content=raw, trust_env=False).json()
+
+    assert answer == {"errcode": 0, "errmsg": "ok"}
+    assert api.messages == [text_payload("你好")]
+    assert api.send_attempts[0].body == raw
+    assert b"\\u" not in api.send_attempts[0].body
+
+
+def test_unknown_token_is_invalid_credential(api: FakeWeChatAPI) -> None:
+    assert send(api, "not-a-token", text_payload("hi"))["errcode"] == 40001
+    assert api.messages == []
+    assert [attempt.errcode for attempt in api.send_attempts] == [40001]
+
+
+def test_expired_tokens_get_42001_until_a_new_fetch(api: FakeWeChatAPI) -> None:
+    old = fetch_token(api)["access_token"]
+    api.expire_tokens()
+
+    assert send(api, old, text_payload("hi")) == {"errcode": 42001, "errmsg": "access_token expired"}
+    assert send(api, fetch_token(api)["access_token"], text_payload("hi"))["errcode"] == 0
+
+
+def test_fail_next_answers_the_given_errors_then_recovers(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    api.fail_next(45015, count=2)
+
+    codes = [send(api, token, text_payload(str(n)))["errcode"] for n in range(3)]
+
+    assert codes == [45015, 45015, 0]
+    assert api.messages == [text_payload("2")]
+
+
+def test_wait_for_wakes_on_a_send_from_another_thread(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    sender = threading.Thread(target=send, args=(api, token, text_payload("late")))
+    sender.start()
+
+    api.wait_for(lambda fake: len(fake.messages) == 1, timeout=5.0)
+    sender.join()
+
+    with pytest.raises(TimeoutError):
+        api.wait_for(lambda fake: len(fake.messages) == 2, timeout=0.05)
