@@ -101,7 +101,7 @@ class RedisServer(Process):
         argv = [
             require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
             "--requirepass", password, "--save", "", "--appendonly", "no",
-            "--dir", str(log_dir), "--maxmemory-policy", "noeviction",
+            "--dir", str(log_dir), "--maxmemory-policy", "noeviction", "--enable-debug-command", "local",
         ]  # fmt: skip
         super().__init__(f"redis-{self.port}", argv, log_dir)
         self.wait_ready(lambda: self.client().ping())

@@ -430,20 +430,27 @@ def test_dedupe_key_for_a_message_uses_msg_id():
 
 def test_dedupe_key_for_an_event_uses_sender_and_time():
     msg = parse_message(event("CLICK", "<EventKey>K</EventKey>"))
-    assert msg.dedupe_key == "event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668"
+    assert msg.dedupe_key == "event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:click"
 
 
 @pytest.mark.parametrize("name", ["TEMPLATESENDJOBFINISH", "MASSSENDJOBFINISH"])
 def test_dedupe_key_for_job_events_ignores_the_job_id(name):
     fields = parse_xml(event(name, "<MsgID>200163836</MsgID><Status>success</Status>"))
-    assert dedupe_key(fields) == "event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668"
+    assert dedupe_key(fields) == f"event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:{name.lower()}"
 
 
 def test_dedupe_key_for_a_message_without_msg_id_falls_back():
-    assert dedupe_key({"MsgType": "text", "FromUserName": "u", "CreateTime": "5"}) == "event:u:5"
+    assert dedupe_key({"MsgType": "text", "FromUserName": "u", "CreateTime": "5"}) == "event:u:5:"
 
 
 def test_dedupe_keys_differ_between_users_at_the_same_second():
     first = {"MsgType": "event", "FromUserName": "u1", "CreateTime": "5"}
     second = {"MsgType": "event", "FromUserName": "u2", "CreateTime": "5"}
     assert dedupe_key(first) != dedupe_key(second)
+
+
+def test_dedupe_keys_differ_between_events_of_one_user_at_the_same_second():
+    first = {"MsgType": "event", "Event": "subscribe", "FromUserName": "u", "CreateTime": "5"}
+    second = {"MsgType": "event", "Event": "LOCATION", "FromUserName": "u", "CreateTime": "5"}
+    assert dedupe_key(first) != dedupe_key(second)
+    assert dedupe_key(first) == dedupe_key(dict(first))

@@ -46,7 +46,11 @@ def dedupe_key(fields: dict[str, Any]) -> str:
     # Events carry no MsgId; the job events' MsgID is a job id, not a message id.
     if msg_id and get_text(fields, "MsgType").lower() != "event":
         return f"msg:{msg_id}"
-    return f"event:{get_text(fields, 'FromUserName')}:{get_text(fields, 'CreateTime')}"
+    # WeChat's rule is sender + time; the event name is added because one user
+    # can trigger two events in one second (subscribe, then LOCATION), and a
+    # retry always repeats its own name.
+    sender, created = get_text(fields, "FromUserName"), get_text(fields, "CreateTime")
+    return f"event:{sender}:{created}:{get_text(fields, 'Event').lower()}"
 
 
 class BaseMessage:
