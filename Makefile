@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 
 .PHONY: help venv test clean
 
+# Each part of the appliance brings its own targets.
+include $(wildcard mk/*.mk)
+
 help:
 	@echo "make run      start the whole appliance locally (nginx, relays, workers, Redis)"
 	@echo "make say      talk to it as WeChat would: make say TEXT=hello [MODE=plain|compat|safe]"
