@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 
 .PHONY: help venv test clean
 
+.DEFAULT_GOAL := help
+
 # Each part of the appliance brings its own targets.
 include $(wildcard mk/*.mk)
 
