@@ -31,6 +31,11 @@ app.conf.update(
         # Unacknowledged messages of a dead worker come back after this long;
         # it must outlast the longest task and the longest countdown.
         "visibility_timeout": 2 * settings.task_time_limit,
+        # kombu looks for such messages every 100 s by default; a user
+        # waiting on WeChat deserves a look every few seconds (one cheap
+        # sorted-set read under a mutex).
+        "unacked_restore_interval": 2,
+        "unacked_restore_throttle": 1,
     },
     result_expires=3600,
     broker_connection_retry_on_startup=True,
