@@ -1,0 +1,59 @@
+"""/livez, /healthz and /metrics, and what a relay does when Redis is gone."""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+
+from simulator import WeChatSimulator
+from simulator.messages import new_msg_id
+from tests.conftest import AES_KEY, APPID, TOKEN
+from tests.services import Process, RedisServer, free_port, wait_until
+
+
+def test_healthz_reports_redis_workers_and_reply_channel(relays):
+    report = httpx.get(f"{relays[0].url}/healthz").json()
+    assert report == {"redis": True, "workers": report["workers"], "reply_channel": True, "status": "ok"}
+    assert report["workers"] >= 1
+
+
+def test_healthz_is_503_without_workers(log_dir, stack_env):
+    lonely = RedisServer(log_dir)
+    port = free_port()
+    env = {**stack_env, "WXRELAY_REDIS_URL": lonely.url}
+    relay = Process(f"relay-{port}", [sys.executable, "-m", "relay", "--port", str(port)], log_dir, env)
+    try:
+        relay.wait_ready(lambda: httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200)
+        response = httpx.get(f"http://127.0.0.1:{port}/healthz")
+        assert response.status_code == 503 and response.json()["workers"] == 0
+        assert response.json()["status"] == "unhealthy"
+        # With Redis gone, the process is still alive and a message gets a 503, not a 500.
+        lonely.stop()
+        assert httpx.get(f"http://127.0.0.1:{port}/livez").text == "ok"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["redis"] is False
+        sim = WeChatSimulator(f"http://127.0.0.1:{port}/wechat", TOKEN, APPID, AES_KEY, deadline=3, deliveries=1)
+        result = sim.say("nobody home")
+        assert [a.outcome for a in result.attempts] == [503]
+    finally:
+        relay.stop()
+
+
+def test_metrics_count_messages_by_outcome(relays, wechat):
+    before = relays[0].metric("wxrelay_messages_total", outcome="passive")
+    wechat("plain").say("count me")
+    assert relays[0].metric("wxrelay_messages_total", outcome="passive") == before + 1
+    assert relays[0].metric("wxrelay_reply_seconds_count") >= 1
+    assert "wxrelay_loop_lag_max_seconds" in httpx.get(f"{relays[0].url}/metrics").text
+
+
+def test_a_reply_no_delivery_comes_back_for_goes_late_once(relays, redis_server, wechat_api, wechat):
+    # WeChat (here) delivers once and never again: the sweep sends the reply by the API.
+    sim = wechat("plain", deliveries=1)
+    msg_id = new_msg_id()
+    user = f"o_swept_{msg_id}"
+    result = sim.send({"MsgType": "text", "Content": "slow 1.5", "MsgId": msg_id, "FromUserName": user})
+    assert not result.answered and [a.outcome for a in result.attempts] == ["timeout"]
+    wechat_api.wait_for(lambda api: any(m["touser"] == user for m in api.messages), timeout=20)
+    assert [m["text"]["content"] for m in wechat_api.messages if m["touser"] == user] == ["slow reply to slow 1.5"]
+    wait_until(lambda: redis_server.client().hget(f"wxrelay:msg:msg:{msg_id}", "state") == b"late", 5, "late")
