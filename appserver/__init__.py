@@ -4,7 +4,8 @@ from appserver.app import app
 from appserver.bot import Bot
 from wechat import replies
 
-# Registered on import, so `celery -A appserver worker` knows them.
-from appserver import heartbeat, tasks  # noqa: E402,F401
+# Imported for their side effects: the tasks and the worker heartbeat
+# register with the app, so `celery -A appserver worker` knows them.
+from appserver import heartbeat, tasks  # noqa: E402,F401,I001  isort: skip
 
 __all__ = ["Bot", "app", "replies"]

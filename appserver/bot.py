@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Callable, overload
+from collections.abc import Callable
+from typing import overload
 
 from appserver import routing
 from appserver.routing import Handler, Matcher, Route

@@ -1,8 +1,8 @@
 """The bot the appliance runs until WXRELAY_BOT names yours."""
 
 from appserver import Bot, replies
-from wechat.messages import TextMessage
 from wechat.events import SubscribeEvent
+from wechat.messages import TextMessage
 
 bot = Bot()
 

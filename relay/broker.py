@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
@@ -49,7 +49,7 @@ class Broker:
         return state, reply
 
     async def schedule_sweep(self, dedupe_key: str, delay: float) -> None:
-        eta = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        eta = datetime.now(UTC) + timedelta(seconds=delay)
         message = task_message(SWEEP_TASK, [dedupe_key], self._queue, eta=eta)
         await self._schedule_sweep(keys=[ledger.record_key(dedupe_key), self._queue], args=[message])
 

@@ -29,7 +29,7 @@ class Rejected(Exception):
 class CallbackHandler(RequestHandler):
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
-        self.settings_ = relay.settings
+        self.config = relay.settings
         self.chunks: list[bytes] = []
         self.size = 0
         self.hung_up = asyncio.Event()
@@ -40,18 +40,18 @@ class CallbackHandler(RequestHandler):
         try:
             self.check_signature()
             length = self.request.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > self.settings_.max_body:
+            if length.isdigit() and int(length) > self.config.max_body:
                 raise Rejected(413, "body_too_large", "request body too large")
         except Rejected as rejected:
             self.reject(rejected)
             return
         # Chunked bodies are counted in data_received; this is only the
         # point past which Tornado drops the connection by itself.
-        self.request.connection.set_max_body_size(4 * self.settings_.max_body)
+        self.request.connection.set_max_body_size(4 * self.config.max_body)
 
     def data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size <= self.settings_.max_body:
+        if self.size <= self.config.max_body:
             self.chunks.append(chunk)
 
     def on_connection_close(self) -> None:
@@ -61,14 +61,14 @@ class CallbackHandler(RequestHandler):
         timestamp = self.get_query_argument("timestamp", "")
         try:
             check_signature(
-                self.settings_.token,
+                self.config.token,
                 self.get_query_argument("signature", ""),
                 timestamp,
                 self.get_query_argument("nonce", ""),
             )
         except SignatureError:
             raise Rejected(403, "signature", "invalid signature") from None
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.settings_.timestamp_window:
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.config.timestamp_window:
             raise Rejected(403, "timestamp", "stale timestamp")
 
     def reject(self, rejected: Rejected) -> None:
@@ -107,9 +107,9 @@ class CallbackHandler(RequestHandler):
         REPLY_SECONDS.observe(time.monotonic() - started)
         self.answer(outcome.reply, key)
 
-    def read_message(self) -> tuple[str, Any]:
+    def read_message(self) -> tuple[str, bytes | None]:
         """Parse (and decrypt) the body: the message XML and the AES key that worked."""
-        if self.size > self.settings_.max_body:
+        if self.size > self.config.max_body:
             raise Rejected(413, "body_too_large", "request body too large")
         body = b"".join(self.chunks)
         try:

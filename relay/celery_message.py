@@ -13,7 +13,7 @@ import base64
 import json
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ORIGIN = f"relay@{socket.gethostname()}"
@@ -34,7 +34,7 @@ def task_message(
         "task": task,
         "id": task_id,
         "shadow": None,
-        "eta": eta.astimezone(timezone.utc).isoformat() if eta else None,
+        "eta": eta.astimezone(UTC).isoformat() if eta else None,
         "expires": None,
         "group": None,
         "group_index": None,

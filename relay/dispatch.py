@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from common import ledger
 from common.settings import Settings
@@ -80,9 +82,9 @@ class Dispatcher:
             hang_up.cancel()
         return waiter.result() if waiter.done() and not waiter.cancelled() else None
 
-    def _later(self, coroutine: object) -> None:
+    def _later(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Ledger bookkeeping that the answer to WeChat need not wait for."""
-        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._finished)
 

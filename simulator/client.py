@@ -12,8 +12,9 @@ from __future__ import annotations
 import secrets
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import httpx
 

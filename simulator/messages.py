@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Mapping, Union
+from collections.abc import Mapping
+from typing import Union
 
 from wechat.replies import cdata
 

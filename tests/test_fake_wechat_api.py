@@ -53,7 +53,7 @@ def test_wrong_credentials_get_errcodes(api: FakeWeChatAPI) -> None:
 
 def test_accepted_send_is_recorded_with_its_raw_utf8_body(api: FakeWeChatAPI) -> None:
     token = fetch_token(api)["access_token"]
-    raw = '{"touser":"o_user","msgtype":"text","text":{"content":"你好"}}'.encode("utf-8")
+    raw = '{"touser":"o_user","msgtype":"text","text":{"content":"你好"}}'.encode()
 
     url = f"{api.base_url}/cgi-bin/message/custom/send"
     answer = httpx.post(url, params={"access_token": token}, content=raw, trust_env=False).json()

@@ -8,8 +8,8 @@ import pytest
 from celery import Celery
 
 from relay.celery_message import task_message
-from tests.services import wait_until
 from simulator.messages import event_message, text_message, to_xml
+from tests.services import wait_until
 from wechat.parser import parse_xml
 
 
