@@ -1,5 +1,6 @@
 import pytest
 
+from tests.test_crypto import V3_MESSAGE
 from wechat import (
     ClickEvent,
     ImageMessage,
@@ -224,15 +225,7 @@ def test_parse_message_accepts_a_dict():
 
 
 def test_v3_decrypted_message_parses():
-    msg = parse_message(
-        "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n"
-        "<FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>\n"
-        "<CreateTime>1409735668</CreateTime>\n"
-        "<MsgType><![CDATA[text]]></MsgType>\n"
-        "<Content><![CDATA[abcdteT]]></Content>\n"
-        "<MsgId>6054768590064713728</MsgId>\n"
-        "</xml>"
-    )
+    msg = parse_message(V3_MESSAGE)
     assert isinstance(msg, TextMessage)
     assert msg.content == "abcdteT"
     assert msg.id == 6054768590064713728

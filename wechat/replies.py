@@ -81,27 +81,27 @@ class Text(Reply):
 
 
 @dataclass(frozen=True)
-class Image(Reply):
+class _Media(Reply):
+    """A reply that is one uploaded file: <Image> or <Voice> around its MediaId."""
+
     media_id: str
-    type: ClassVar[str] = "image"
 
     def _body(self) -> str:
-        return f"<Image>{_element('MediaId', self.media_id)}</Image>"
+        tag = self.type.capitalize()
+        return f"<{tag}>{_element('MediaId', self.media_id)}</{tag}>"
 
     def _customer_service(self) -> dict[str, Any]:
         return {"media_id": self.media_id}
 
 
 @dataclass(frozen=True)
-class Voice(Reply):
-    media_id: str
+class Image(_Media):
+    type: ClassVar[str] = "image"
+
+
+@dataclass(frozen=True)
+class Voice(_Media):
     type: ClassVar[str] = "voice"
-
-    def _body(self) -> str:
-        return f"<Voice>{_element('MediaId', self.media_id)}</Voice>"
-
-    def _customer_service(self) -> dict[str, Any]:
-        return {"media_id": self.media_id}
 
 
 @dataclass(frozen=True)
