@@ -42,7 +42,7 @@ class Setting:
     doc: str = ""
 
 
-# (attribute, variable, default, converter) — the README table mirrors this list.
+# attribute → variable, default, converter, doc. The README's table mirrors it.
 SETTINGS: dict[str, Setting] = {
     "token": Setting("WECHAT_TOKEN", "", str, "Token set in the account's server configuration."),
     "appid": Setting("WECHAT_APPID", "", str, "The account's AppID."),
@@ -67,6 +67,10 @@ SETTINGS: dict[str, Setting] = {
     "task_soft_time_limit": Setting("WXRELAY_TASK_SOFT_TIME_LIMIT", "60", _positive_int, "Handler soft limit (s)."),
     "task_time_limit": Setting("WXRELAY_TASK_TIME_LIMIT", "90", _positive_int, "Handler hard limit (s)."),
     "log_level": Setting("WXRELAY_LOG_LEVEL", "INFO", str, "Log level of every process."),
+    "state_dir": Setting(
+        "WXRELAY_STATE_DIR", ".state", str, "Local appliance: folder of its configs, logs, pids and Redis data."
+    ),
+    "redis_port": Setting("WXRELAY_REDIS_PORT", "6390", _positive_int, "Local appliance: port of its own Redis."),
     "http_port": Setting("WXRELAY_HTTP_PORT", "8080", _positive_int, "Local appliance: nginx port."),
     "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
     "relays": Setting("WXRELAY_RELAYS", "2", _positive_int, "Local appliance: relay processes."),
@@ -98,6 +102,8 @@ class Settings:
     task_soft_time_limit: int
     task_time_limit: int
     log_level: str
+    state_dir: str
+    redis_port: int
     http_port: int
     relay_port: int
     relays: int

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         args = parse_args(argv, settings)
         if not settings.token:
-            raise InvalidConfigError("WECHAT_TOKEN is not set")
+            raise InvalidConfigError("WECHAT_TOKEN is not set (the first `make run` writes one into .env)")
         simulator = WeChatSimulator(
             args.url,
             settings.token,
@@ -74,6 +74,8 @@ def report(result: DeliveryResult, deliveries: int) -> None:
         print(f"← delivery {number} of {deliveries}: {outcome} after {attempt.seconds:.3f} s")
     if not result.answered:
         print(f"✗ no delivery answered; the user would see “{_UNAVAILABLE}”")
+        if all(attempt.outcome == "unreachable" for attempt in result.attempts):
+            print("  nothing listens there: is the appliance running? (make status; make run starts it)")
         return
     answered = f"← delivery {result.delivery} of {deliveries} answered in {result.elapsed:.3f} s"
     if result.reply is None:

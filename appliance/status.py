@@ -1,0 +1,128 @@
+"""The health of the chain a message travels: nginx → relays → Redis → workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import redis
+
+from appliance import config
+from appliance.config import Layout, Local
+from appliance.supervisor import ProcessInfo, Supervisor
+
+PROBE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    part: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"  {'✓' if self.ok else '✗'} {self.part:<8} {self.detail}"
+
+
+def chain(local: Local) -> list[Check]:
+    # trust_env=False: a proxy configured for the user's browser has no business here.
+    with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client:
+        checks = [_nginx(client, local)]
+        seen = 0
+        for port in local.relay_ports:
+            check, workers = _relay(client, port)
+            checks.append(check)
+            seen = max(seen, workers)
+    checks.append(_redis(local))
+    expected = local.settings.workers
+    checks.append(Check("workers", seen >= expected, f"{seen} of {expected} seen by the relays"))
+    return checks
+
+
+def through_nginx(local: Local) -> bool:
+    """What WeChat would find: the relays' /healthz, through nginx, says 200."""
+    try:
+        url = f"http://127.0.0.1:{local.settings.http_port}/healthz"
+        return httpx.get(url, timeout=PROBE_TIMEOUT, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _nginx(client: httpx.Client, local: Local) -> Check:
+    where = f":{local.settings.http_port} /livez"
+    try:
+        status = client.get(f"http://127.0.0.1:{local.settings.http_port}/livez").status_code
+    except httpx.HTTPError as exc:
+        return Check("nginx", False, f"{where} → {_reason(exc)}")
+    return Check("nginx", status == 200, f"{where} → {status}")
+
+
+def _relay(client: httpx.Client, port: int) -> tuple[Check, int]:
+    where = f":{port} /healthz"
+    try:
+        response = client.get(f"http://127.0.0.1:{port}/healthz")
+        report = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Check("relay", False, f"{where} → {_reason(exc)}"), 0
+    parts = [
+        f"redis {'ok' if report.get('redis') else 'unreachable'}",
+        f"{report.get('workers', 0)} workers",
+        f"reply channel {'ok' if report.get('reply_channel') else 'down'}",
+    ]
+    return Check("relay", response.status_code == 200, f"{where} → {', '.join(parts)}"), int(report.get("workers", 0))
+
+
+def _redis(local: Local) -> Check:
+    where = f":{local.redis_port} PING"
+    client = redis.Redis(
+        host="127.0.0.1", port=local.redis_port, password=local.redis_password, socket_timeout=PROBE_TIMEOUT
+    )
+    try:
+        return Check("redis", bool(client.ping()), f"{where} → PONG")
+    except redis.RedisError as exc:
+        return Check("redis", False, f"{where} → {exc}")
+    finally:
+        client.close()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "nothing listening"
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+def program_line(process: ProcessInfo) -> str:
+    return f"  {process.name:<28} {process.state:<9} {process.description}"
+
+
+def healthy(processes: list[ProcessInfo], checks: list[Check]) -> bool:
+    return bool(processes) and all(p.running for p in processes) and all(c.ok for c in checks)
+
+
+def report(layout: Layout) -> int:
+    """`status`: each process and the chain, exit 0 only when all is healthy."""
+    local = config.from_state(layout)
+    supervisor = Supervisor(layout)
+    pid = supervisor.pid()
+    if local is None or pid is None:
+        print(f"wxrelay is not running (state folder {layout.state_dir}); make run starts it")
+        return 1
+    if not supervisor.answers():
+        print(f"supervisord (pid {pid}) does not answer on {layout.socket}; make stop, then make run")
+        return 1
+    processes = supervisor.processes()
+    print(f"wxrelay in {layout.state_dir}: supervisord pid {pid}")
+    for process in processes:
+        print(program_line(process))
+    checks = chain(local)
+    print("chain:")
+    for check in checks:
+        print(check.line())
+    if healthy(processes, checks):
+        print("all healthy")
+        return 0
+    sick = [p.name for p in processes if not p.running] + [c.part for c in checks if not c.ok]
+    print(f"unhealthy: {', '.join(dict.fromkeys(sick))} (make logs shows why)")
+    return 1
