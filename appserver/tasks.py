@@ -7,6 +7,8 @@ import logging
 from functools import cache
 
 import redis
+from celery import Task
+from celery.app.task import Context
 
 from appserver.app import app, settings
 from appserver.bot import Bot
@@ -41,20 +43,27 @@ def _script(source: str) -> redis.commands.core.Script:
     return _client().register_script(source)
 
 
+def _redelivered(request: Context) -> bool:
+    return bool((request.delivery_info or {}).get("redelivered"))
+
+
 def _deliver_late(payload: dict | None, dedupe_key: str) -> None:
     if payload is not None:
         _customer_service().send(payload, dedupe_key)
 
 
-@app.task(name=HANDLE)
-def handle_message(xml: str, dedupe_key: str | None = None) -> str:
+@app.task(name=HANDLE, bind=True)
+def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
     """Run the bot on one decrypted message and return the reply XML ('' for none).
 
     With a dedupe key (the relay always sends one) the reply goes into the
     ledger, and to the customer-service API if WeChat has stopped waiting.
     """
     record = ledger.record_key(dedupe_key) if dedupe_key else None
-    if record is not None:
+    # The relay queues a message's task once; only the broker giving it back
+    # (a worker lost mid-task) can bring it here after it ran, and kombu marks
+    # such a message redelivered: the first run skips the ledger look-up.
+    if record is not None and _redelivered(self.request):
         state = _script(ledger.START)(keys=[record]).decode()
         if state not in (ledger.PENDING, ledger.ABANDONED, ledger.MISSING):
             log.info("message %s already answered (%s): not run again", dedupe_key, state)

@@ -23,7 +23,7 @@ async def serve(settings: Settings, address: str, port: int) -> None:
     relay = Relay.create(settings)
     relay.listener.start()
     lag_probe = watch_loop_lag()
-    server = HTTPServer(make_app(relay), xheaders=True, idle_connection_timeout=60)
+    server = HTTPServer(make_app(relay), idle_connection_timeout=60)
     server.listen(port, address)
     log.info("relay listening on %s:%d", address, port)
     stopping = asyncio.Event()
