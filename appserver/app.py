@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 
-from appserver import kombu_clients
 from common.settings import Settings
 
 settings = Settings.from_env()
@@ -46,13 +43,3 @@ app.conf.update(
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
 )
-
-kombu_clients.install()
-
-# Celery logs two INFO lines for every task ("received", "succeeded"): at
-# hundreds of messages a second they cost the worker more CPU than running the
-# bot, and supervisord as much again to write them. Failures are still logged;
-# WXRELAY_LOG_LEVEL=DEBUG brings the per-task lines back.
-if settings.log_level.upper() != "DEBUG":
-    for _name in ("celery.app.trace", "celery.worker.strategy"):
-        logging.getLogger(_name).setLevel(logging.WARNING)
