@@ -18,6 +18,7 @@ help:
 	@echo "make logs     follow the logs"
 	@echo "make stop     stop everything make run started"
 	@echo "make test     the test suite"
+	@echo "make bench    the appliance under load beside the designs it replaces (QUICK=1: under 2 min)"
 	@echo "make deploy   provision a VPS with Ansible: make deploy INVENTORY=path (README: Deploy to a VPS)"
 	@echo "make rehearse the whole deploy against a fresh Debian 12 container (root, systemd-nspawn)"
 	@echo "make lint     yamllint, ansible-lint and a syntax check of the playbook"

@@ -23,7 +23,8 @@ async def serve(settings: Settings, address: str, port: int) -> None:
     relay = Relay.create(settings)
     relay.listener.start()
     lag_probe = watch_loop_lag()
-    server = HTTPServer(make_app(relay), idle_connection_timeout=60)
+    # Behind nginx: the client's address is in X-Real-IP / X-Forwarded-For.
+    server = HTTPServer(make_app(relay), xheaders=True, idle_connection_timeout=60)
     server.listen(port, address)
     log.info("relay listening on %s:%d", address, port)
     stopping = asyncio.Event()
@@ -38,6 +39,7 @@ async def serve(settings: Settings, address: str, port: int) -> None:
         await asyncio.sleep(0.05)
     lag_probe.stop()
     await relay.listener.stop()
+    relay.broker.ledger.close()
     await relay.client.aclose()
     log.info("relay on port %d stopped", port)
 

@@ -10,6 +10,7 @@ from common.settings import Settings
 from relay.broker import Broker
 from relay.dispatch import Dispatcher
 from relay.listener import ReplyListener
+from relay.pipeline import PipelinedRedis
 from wechat.crypto import MessageCrypto
 
 
@@ -25,7 +26,8 @@ class Relay:
     @classmethod
     def create(cls, settings: Settings) -> Relay:
         client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
-        broker = Broker(client, settings.queue, settings.dedupe_ttl)
+        ledger_connection = PipelinedRedis(settings.redis_url, connect_timeout=2)
+        broker = Broker(client, ledger_connection, settings.queue, settings.dedupe_ttl)
         listener = ReplyListener(client, broker)
         crypto = None
         if settings.aes_key:

@@ -1,0 +1,1 @@
+"""The bots the benchmark runs: the same bot object serves the appliance and the baselines."""

@@ -1,0 +1,299 @@
+"""The benchmark run: start the systems, run the scenarios side by side, collect every figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench import cpu, loadgen, slow
+from bench.cpu import CpuMeter
+from bench.procs import memory_report
+from bench.systems import (
+    ApplianceBase,
+    ApplianceRunner,
+    Baseline,
+    DirectAppliance,
+    System,
+    baselines_for,
+    describe,
+)
+
+FIXED_CONNECTIONS = 16
+WARMUP_CONNECTIONS = 16
+SETTLE_TIMEOUT = 20.0
+BUSY_WARNING = 15.0
+
+
+def machine_busy(seconds: float) -> float:
+    """How busy the machine's cores are (percent of all of them), over `seconds`."""
+    before = cpu.machine_seconds()
+    time.sleep(seconds)
+    return round(100 * (cpu.machine_seconds() - before) / (seconds * cpu.CORES), 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    warmup_s: float
+    closed: tuple[int, ...]  # connections of the closed-loop (highest throughput) runs, plain
+    closed_safe: tuple[int, ...]  # the same in safe mode
+    closed_s: float
+    closed_rounds: int  # the highest-throughput block is repeated, each system keeps its best
+    fixed_rate: float
+    fixed_modes: tuple[str, ...]
+    fixed_s: float
+    sweep: tuple[float, ...]  # offered rates of the latency-against-load curve, plain
+    sweep_s: float
+    io_connections: int
+    io_s: float
+    slow_messages: int
+
+    def steps(self, systems: int) -> int:
+        closed = (len(self.closed) + len(self.closed_safe)) * self.closed_rounds
+        per_system = 1 + closed + len(self.fixed_modes) + len(self.sweep) + 1
+        return systems * per_system + 3  # + start, memory, slow
+
+
+PLANS = {
+    # Highest throughput: each system's best over several concurrencies (the
+    # polling baseline peaks low, the appliance batches better the busier it is).
+    "full": Plan("full", 3, (32, 128, 256), (32, 128), 7, 2, 100, ("plain", "safe"), 12,
+                 (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1300), 5, 100, 12, 40),
+    "quick": Plan("quick", 1, (32, 128), (), 3, 1, 100, ("plain", "safe"), 3, (100, 400), 2, 100, 3, 10),
+    # The test-suite's smoke test: every scenario runs, with the smallest workloads.
+    "smoke": Plan("smoke", 1, (16,), (), 1, 1, 100, ("plain", "safe"), 1, (100,), 1, 20, 1, 2),
+}  # fmt: skip
+
+
+def sweep_connections(rate: float) -> int:
+    """Enough connections to keep the offered rate going through 250 ms of latency."""
+    return int(max(16, min(256, rate / 4)))
+
+
+class Progress:
+    """One line that says where the run is: rewritten in place on a terminal, a line a step otherwise."""
+
+    def __init__(self, total: int, stream: Any = sys.stderr) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.started = time.monotonic()
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def step(self, what: str) -> None:
+        self.done = min(self.done + 1, self.total)
+        self.show(what)
+
+    def skip(self, count: int) -> None:
+        self.done = min(self.done + count, self.total)
+
+    def show(self, what: str) -> None:
+        elapsed = int(time.monotonic() - self.started)
+        line = f"[{self.done:>3}/{self.total}] {elapsed // 60}:{elapsed % 60:02d}  {what}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line[:160])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.last = line
+
+    def note(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(text + "\n")
+        if self.tty and self.last:
+            self.stream.write(self.last[:160])
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+class Bench:
+    def __init__(self, plan: Plan, stack: str, workdir: Path, relays: int | None, workers: int | None,
+                 concurrency: int, baselines: bool) -> None:  # fmt: skip
+        self.plan = plan
+        self.workdir = workdir
+        if stack == "direct":
+            self.appliance: ApplianceBase = DirectAppliance(
+                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency
+            )
+        else:
+            self.appliance = ApplianceRunner(workdir / "appliance", relays, workers, concurrency)
+        self.stack = stack
+        self.baselines = baselines_for(self.appliance, workdir / "baselines") if baselines else []
+        self.systems: list[System] = [self.appliance, *self.baselines]
+        self.progress = Progress(plan.steps(len(self.systems)))
+        self.runs: list[loadgen.Run] = []
+        self.calibration: float | None = None
+        self.results: dict[str, Any] = {}
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _meter(self, system: System) -> CpuMeter:
+        mine = system.processes()
+        others = [pid for other in self.systems if other is not system for _, pid in other.processes()]
+        return CpuMeter(mine, [pid for pid in others if pid not in {p for _, p in mine}], self.calibration)
+
+    def _load(self, system: System, scenario: str, mode: str, connections: int, duration: float,
+              rate: float | None = None, bot: str = "echo", record: bool = True,
+              timeout: float = 10.0) -> loadgen.Run:  # fmt: skip
+        run = loadgen.run(system.name, system.host, scenario, mode, connections, duration, self.workdir / "wrk",
+                          rate=rate, bot=bot, meter=self._meter(system), timeout=timeout)  # fmt: skip
+        settled = system.settle(SETTLE_TIMEOUT)
+        if not settled and isinstance(system, ApplianceBase):
+            self.progress.note(f"  note: {system.label} still had a backlog {SETTLE_TIMEOUT:.0f} s after a run")
+        if record:
+            self.runs.append(run)
+        return run
+
+    def _each(self, what: str, action: Callable[[System], None]) -> None:
+        for system in self.systems:
+            self.progress.step(f"{system.label}: {what}")
+            action(system)
+
+    # -- the run ------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        self.results["machine_busy_before_pct"] = busy = machine_busy(1.0)
+        self.calibration = self.results["cpu_speed_calibration_mb_s"] = round(cpu.calibrate(), 1)
+        if busy > BUSY_WARNING:
+            self.progress.note(
+                f"bench: the machine is already {busy:.0f}% busy (of {os.cpu_count()} cores) before the "
+                "benchmark starts: the figures will be lower than on a quiet machine"
+            )
+        try:
+            self._start()
+            self._trivial()
+            self._io_bound()
+            self._slow()
+        finally:
+            self.progress.show("stopping the systems")
+            self._stop()
+            self.progress.close()
+        return self._collect(started)
+
+    def _start(self) -> None:
+        self.progress.show(f"starting the appliance ({self.stack})")
+        began = time.monotonic()
+        self.appliance.start()
+        self.results["start_s"] = {"appliance": round(time.monotonic() - began, 1)}
+        self.results["memory"] = {"idle": {"appliance": memory_report(self.appliance.processes())}}
+        self.progress.step("starting the baselines")
+        errors: list[BaseException] = []
+
+        def start(baseline: Baseline) -> None:
+            try:
+                baseline.start()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(b,)) for b in self.baselines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        for baseline in self.baselines:
+            self.results["memory"]["idle"][baseline.name] = memory_report(baseline.processes())
+
+    def _trivial(self) -> None:
+        plan = self.plan
+        self._each("warming up", lambda s: self._load(s, "warmup", "plain", WARMUP_CONNECTIONS, plan.warmup_s,
+                                                      record=False))  # fmt: skip
+        for round_ in range(1, plan.closed_rounds + 1):
+            for mode, connections in [("plain", c) for c in plan.closed] + [("safe", c) for c in plan.closed_safe]:
+                label = f"trivial bot, closed loop, {connections} connections" + (", safe" if mode == "safe" else "")
+                if plan.closed_rounds > 1:
+                    label += f" (round {round_} of {plan.closed_rounds})"
+                self._each(label, partial(self._closed, mode=mode, connections=connections))
+        for mode in plan.fixed_modes:
+            self._each(f"trivial bot at {plan.fixed_rate:g} msg/s, {mode} mode", partial(self._fixed, mode=mode))
+        for system in self.systems:
+            for index, rate in enumerate(plan.sweep):
+                self.progress.step(f"{system.label}: latency against load, {rate:g} msg/s offered")
+                run = self._load(system, "trivial-sweep", "plain", sweep_connections(rate), plan.sweep_s, rate=rate)
+                if run.saturated:
+                    self.progress.skip(len(plan.sweep) - index - 1)
+                    break
+        self.results["memory"]["after_trivial"] = {s.name: memory_report(s.processes()) for s in self.systems}
+
+    def _closed(self, system: System, mode: str, connections: int) -> None:
+        self._load(system, "trivial-max", mode, connections, self.plan.closed_s)
+
+    def _fixed(self, system: System, mode: str) -> None:
+        self._load(system, "trivial-fixed", mode, FIXED_CONNECTIONS, self.plan.fixed_s, rate=self.plan.fixed_rate)
+
+    def _io_bound(self) -> None:
+        plan = self.plan
+        self._each(f"I/O-bound bot, {plan.io_connections} senders",
+                   lambda s: self._load(s, "io-bound", "plain", plan.io_connections, plan.io_s, bot="io",
+                                        timeout=max(10.0, plan.io_s + 5)))  # fmt: skip
+
+    def _slow(self) -> None:
+        self.progress.step(f"slow bot: {self.plan.slow_messages} messages to each system at once, "
+                           f"WeChat {slow.WECHAT_DEADLINE:g} s × {slow.WECHAT_DELIVERIES}")  # fmt: skip
+        outcome: dict[str, Any] = {}
+
+        def one(system: System) -> None:
+            outcome[system.name] = slow.run(system, self.plan.slow_messages)
+
+        threads = [threading.Thread(target=one, args=(system,)) for system in self.systems]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.results["slow"] = {
+            s.name: slow.count_executions(s, outcome[s.name], settle=SETTLE_TIMEOUT) for s in self.systems
+        }
+
+    def _stop(self) -> None:
+        for system in reversed(self.systems):
+            try:
+                system.stop()  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - the others must still stop
+                self.progress.note(f"  could not stop {system.label}: {exc}")
+
+    def _collect(self, started: float) -> dict[str, Any]:
+        return {
+            "meta": {
+                "plan": self.plan.__dict__,
+                "stack": self.stack,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                "duration_s": round(time.time() - started, 1),
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "machine": platform.platform(),
+                "appliance": self._appliance_config(),
+                "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
+            },
+            "systems": {s.name: describe(s) for s in self.systems},
+            "runs": [run.as_dict() for run in self.runs],
+            **self.results,
+        }
+
+    def _appliance_config(self) -> dict[str, Any]:
+        a = self.appliance
+        return {
+            "relays": getattr(a, "relays", None) or 2,
+            "workers": getattr(a, "workers", None) or 2,
+            "worker_concurrency": a.concurrency,  # type: ignore[attr-defined]
+            "worker_pool": "threads",
+        }
+
+
+def default_workdir() -> Path:
+    # Short: supervisord's socket path must fit in 107 characters.
+    return Path(tempfile.mkdtemp(prefix="wxb-"))
