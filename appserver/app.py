@@ -31,7 +31,8 @@ app.conf.update(
     task_default_queue=settings.queue,
     # Handlers mostly wait on I/O (databases, APIs): threads let one process
     # keep dozens of them waiting at once, where prefork holds a process each.
-    worker_pool="threads",
+    # Prefork remains for CPU-bound bots: only there can Celery kill a handler.
+    worker_pool=settings.worker_pool,
     worker_concurrency=settings.worker_concurrency,
     broker_transport_options={
         # Unacknowledged messages of a dead worker come back after this long;

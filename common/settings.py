@@ -30,6 +30,12 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _pool(value: str) -> str:
+    if value not in ("threads", "prefork"):
+        raise ValueError("must be threads or prefork")
+    return value
+
+
 def _optional(value: str) -> str | None:
     return value or None
 
@@ -75,6 +81,13 @@ SETTINGS: dict[str, Setting] = {
     "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
     "relays": Setting("WXRELAY_RELAYS", "2", _positive_int, "Local appliance: relay processes."),
     "workers": Setting("WXRELAY_WORKERS", "2", _positive_int, "Local appliance: worker processes."),
+    "worker_pool": Setting(
+        "WXRELAY_WORKER_POOL",
+        "threads",
+        _pool,
+        "threads: many I/O-bound handlers wait at once (the soft limit cancels async ones); prefork: "
+        "CPU-bound bots, Celery enforces both time limits (set the concurrency to the cores).",
+    ),
     "worker_concurrency": Setting(
         "WXRELAY_WORKER_CONCURRENCY", "50", _positive_int, "Handlers one worker process runs at once."
     ),
@@ -108,6 +121,7 @@ class Settings:
     relay_port: int
     relays: int
     workers: int
+    worker_pool: str
     worker_concurrency: int
 
     @classmethod

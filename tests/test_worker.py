@@ -9,7 +9,7 @@ from celery import Celery
 
 from relay.celery_message import task_message
 from simulator.messages import event_message, text_message, to_xml
-from tests.services import wait_until
+from tests.services import Worker, wait_until
 from wechat.parser import parse_xml
 
 
@@ -54,3 +54,25 @@ def test_the_relay_envelope_matches_celerys_own(client):
     assert set(theirs.headers) - {"stamped_headers", "stamps", "replaced_task_nesting"} <= set(ours["headers"])
     assert ours["properties"]["delivery_info"]["routing_key"] == "wxrelay"
     assert ours["content-type"] == "application/json"
+
+
+def test_a_prefork_worker_enforces_the_time_limit(log_dir, stack_env, redis_server):
+    env = {
+        **stack_env,
+        "WXRELAY_QUEUE": "prefork",
+        "WXRELAY_WORKER_POOL": "prefork",
+        "WXRELAY_WORKER_CONCURRENCY": "1",
+        "WXRELAY_TASK_SOFT_TIME_LIMIT": "1",
+        "WXRELAY_TASK_TIME_LIMIT": "10",
+    }
+    prefork = Worker(log_dir, env, "prefork", redis_server)
+    try:
+        app = Celery("prefork-client", broker=redis_server.url, backend=redis_server.url)
+        app.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"])
+        xml = to_xml(text_message("slow 30", user="o_u", account="gh_a"))
+        # The soft limit interrupts the handler after 1 s: no reply instead of a 30 s wait.
+        assert app.send_task("wxrelay.handle", args=[xml], queue="prefork").get(timeout=20) == ""
+        assert "SoftTimeLimitExceeded" in prefork.log()
+        app.close()
+    finally:
+        prefork.stop()
