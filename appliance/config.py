@@ -35,6 +35,10 @@ class Layout:
         return self.state_dir / "logs"
 
     @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
     def redis_dir(self) -> Path:
         return self.state_dir / "redis"
 
@@ -95,7 +99,11 @@ class Local:
 
     def environ(self) -> dict[str, str]:
         """The variables the relays and workers run with: every process talks to this Redis."""
-        return {**self.settings.as_environ(), "WXRELAY_REDIS_URL": self.redis_url}
+        return {
+            **self.settings.as_environ(),
+            "WXRELAY_REDIS_URL": self.redis_url,
+            "WXRELAY_SPOOL_DIR": str(self.layout.spool_dir),
+        }
 
 
 def env_file_path(environ: Mapping[str, str]) -> Path:

@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
 from common.settings import Settings
 
 settings = Settings.from_env()
+# Where kombu's Redis transport records when each unacknowledged message was taken.
+UNACKED_INDEX = "unacked_index"
 
 app = Celery("wxrelay", broker=settings.redis_url, backend=settings.redis_url)
 app.conf.update(
@@ -36,8 +39,9 @@ app.conf.update(
     worker_concurrency=settings.worker_concurrency,
     broker_transport_options={
         # Unacknowledged messages of a dead worker come back after this long;
-        # it must outlast the longest task and the longest countdown.
-        "visibility_timeout": 2 * settings.task_time_limit,
+        # a live worker renews it for every message it holds (appserver/lease.py).
+        "visibility_timeout": settings.lease,
+        "unacked_index_key": UNACKED_INDEX,
         # kombu looks for such messages every 100 s by default; a user
         # waiting on WeChat deserves a look every few seconds (one cheap
         # sorted-set read under a mutex).
@@ -63,6 +67,13 @@ def _channel_client(channel: Any, client: Any = None) -> Iterator[Any]:
     if client:
         yield client
         return
+    if getattr(channel.connection, "client", None) is None:
+        # The broker connection is gone and kombu closed it under us; an ack
+        # still queued would crash the worker here (kombu dereferences the
+        # closed connection). As a connection error it is logged instead, and
+        # the message, unacknowledged, comes back within a lease: its ledger
+        # record shows it answered, so it does not run again.
+        raise redis.ConnectionError("the broker connection was closed")
     cached = channel.__dict__.get("_wxrelay_client")
     if cached is None or cached.connection_pool is not channel.pool:
         cached = channel.__dict__["_wxrelay_client"] = channel._create_client()
@@ -70,6 +81,11 @@ def _channel_client(channel: Any, client: Any = None) -> Iterator[Any]:
 
 
 kombu_redis.Channel.conn_or_acquire = _channel_client
+# kombu puts every unacknowledged message back on the queue when a channel
+# closes — also when it closes because the connection to Redis blipped while
+# the handlers of those messages still run here, which would run them twice.
+# The lease gives back what a worker really let go of (appserver/lease.py).
+kombu_redis.Channel.do_restore = False
 
 # Celery logs two INFO lines for every task ("received", "succeeded"): at
 # hundreds of messages a second they cost the worker more CPU than running the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,6 +17,17 @@ log = logging.getLogger("wxrelay.customer_service")
 
 STATS_KEY = PREFIX + "stats"
 TOKEN_INVALID = {40001, 40014, 42001}
+# WeChat's "system busy, try again"; every other errcode is a refusal that
+# no retry will change (45015 out of the 48-hour window, 48001 no
+# permission, 45047 quota...).
+BUSY = -1
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: str  # sent | refused | retry (the network, or WeChat busy)
+    errcode: int = 0
+    detail: str = ""
 
 
 class CustomerService:
@@ -25,32 +37,41 @@ class CustomerService:
         self._http = httpx.Client(timeout=10.0)
         self._tokens = AccessTokens(client, self._http, api_base, appid, secret) if secret else None
 
-    def send(self, payload: dict[str, Any], dedupe_key: str) -> bool:
-        """Deliver one late reply; failures are logged and counted, never raised."""
+    @property
+    def configured(self) -> bool:
+        return self._tokens is not None
+
+    def token(self) -> str:
+        """The shared access_token, fetched if need be: before a send begins, so a
+        send is never left half-begun waiting on the token. Raises TokenError."""
         if self._tokens is None:
-            return self._count("late_unconfigured", "no WECHAT_APPSECRET: late reply to %s dropped", dedupe_key)
-        # WeChat wants UTF-8 JSON, not \u escapes.
+            raise TokenError("no WECHAT_APPSECRET")
+        try:
+            return self._tokens.get()
+        except httpx.HTTPError as exc:
+            raise TokenError(f"token fetch failed: {exc or type(exc).__name__}") from None
+
+    def send(self, payload: dict[str, Any], token: str) -> SendResult:
+        """One attempt at delivering a late reply; never raises for WeChat's or the network's failures."""
+        # WeChat wants UTF-8 JSON, not \\u escapes.
         body = json.dumps(payload, ensure_ascii=False).encode()
         try:
-            for _ in range(2):
-                token = self._tokens.get()
+            for attempt in range(2):
+                if attempt:
+                    token = self.token()
                 answer = self._http.post(self._url, params={"access_token": token}, content=body).json()
-                errcode = answer.get("errcode", 0)
+                errcode = int(answer.get("errcode", 0))
                 if errcode in TOKEN_INVALID:
                     self._tokens.discard(token)
                     continue
                 break
         except (httpx.HTTPError, ValueError, TokenError) as exc:
-            return self._count("late_failed", "late reply to %s failed: %s", dedupe_key, exc)
+            return SendResult("retry", detail=str(exc) or type(exc).__name__)
+        if errcode == BUSY or errcode in TOKEN_INVALID:
+            return SendResult("retry", errcode, answer.get("errmsg", ""))
         if errcode:
-            return self._count(
-                "late_refused", "late reply to %s refused: %s %s", dedupe_key, errcode, answer.get("errmsg", "")
-            )
-        self._client.hincrby(STATS_KEY, "late_sent", 1)
-        log.info("late reply to %s sent through the customer-service API", dedupe_key)
-        return True
+            return SendResult("refused", errcode, answer.get("errmsg", ""))
+        return SendResult("sent")
 
-    def _count(self, stat: str, message: str, *args: object) -> bool:
-        log.warning(message, *args)
+    def count(self, stat: str) -> None:
         self._client.hincrby(STATS_KEY, stat, 1)
-        return False

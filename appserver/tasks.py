@@ -1,18 +1,21 @@
-"""The tasks the relay calls by name."""
+"""The tasks: a message's handler, and the late send of a reply no delivery took."""
 
 from __future__ import annotations
 
 import json
 import logging
 from functools import cache
+from typing import NoReturn
 
-import redis
 from celery import Task
 from celery.app.task import Context
+from redis.commands.core import Script
 
+from appserver.access_token import TokenError
 from appserver.app import app, settings
 from appserver.bot import Bot
-from appserver.customer_service import CustomerService
+from appserver.connection import client, through_outages
+from appserver.customer_service import CustomerService, SendResult
 from appserver.handling import Answer, handle
 from appserver.loader import load_bot
 from common import ledger
@@ -20,12 +23,11 @@ from common import ledger
 log = logging.getLogger("wxrelay.tasks")
 
 HANDLE = "wxrelay.handle"
-SWEEP = "wxrelay.sweep"
-
-
-@cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
+DELIVER = "wxrelay.deliver"
+# Backoff of a late send WeChat could not take (network, busy -1): about six
+# minutes in all, well inside the 48 hours WeChat allows a reply.
+RETRY_DELAYS = (2, 4, 8, 16, 32, 60, 60, 60, 60, 60)
+SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout)
 
 
 @cache
@@ -35,21 +37,21 @@ def _bot() -> Bot:
 
 @cache
 def _customer_service() -> CustomerService:
-    return CustomerService(_client(), settings.api_base, settings.appid, settings.appsecret)
+    return CustomerService(client(), settings.api_base, settings.appid, settings.appsecret)
 
 
 @cache
-def _script(source: str) -> redis.commands.core.Script:
-    return _client().register_script(source)
+def _script(source: str) -> Script:
+    return client().register_script(source)
 
 
 def _redelivered(request: Context) -> bool:
     return bool((request.delivery_info or {}).get("redelivered"))
 
 
-def _deliver_late(payload: dict | None, dedupe_key: str) -> None:
-    if payload is not None:
-        _customer_service().send(payload, dedupe_key)
+def queue_late(dedupe_key: str) -> None:
+    """Queue the late send this process now owns; should it die first, the sweep queues it again."""
+    through_outages(lambda: deliver_late.apply_async((dedupe_key,), queue=settings.queue), "queueing a late send")
 
 
 @app.task(name=HANDLE, bind=True)
@@ -57,31 +59,73 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
     """Run the bot on one decrypted message and return the reply XML ('' for none).
 
     With a dedupe key (the relay always sends one) the reply goes into the
-    ledger, and to the customer-service API if WeChat has stopped waiting.
+    ledger, and to the late path if WeChat has stopped waiting.
     """
     record = ledger.record_key(dedupe_key) if dedupe_key else None
     # The relay queues a message's task once; only the broker giving it back
-    # (a worker lost mid-task) can bring it here after it ran, and kombu marks
+    # (its worker lost mid-task) can bring it here again, and kombu marks
     # such a message redelivered: the first run skips the ledger look-up.
     if record is not None and _redelivered(self.request):
-        state = _script(ledger.START)(keys=[record]).decode()
-        if state not in (ledger.PENDING, ledger.ABANDONED, ledger.MISSING):
+        state = through_outages(lambda: _script(ledger.START)(keys=[record]).decode(), f"starting {dedupe_key}")
+        if state not in ledger.MAY_RUN:
             log.info("message %s already answered (%s): not run again", dedupe_key, state)
             return ""
-    answer: Answer = handle(xml, _bot(), _client(), settings.session_ttl, settings.task_soft_time_limit)
-    if record is None:
+    answer: Answer = handle(xml, _bot(), client(), settings.session_ttl, settings.task_soft_time_limit)
+    if dedupe_key is None or record is None:
         return answer.xml
     payload = json.dumps(answer.customer_service) if answer.customer_service else ""
-    notice = ledger.reply_notice(dedupe_key, answer.xml)  # type: ignore[arg-type]
-    outcome = _script(ledger.COMPLETE)(keys=[record], args=[answer.xml, payload, ledger.REPLY_CHANNEL, notice])
-    if outcome.decode() == ledger.LATE:
-        _deliver_late(answer.customer_service, dedupe_key)  # type: ignore[arg-type]
+    notice = ledger.reply_notice(dedupe_key, answer.xml)
+    keys = [record, ledger.DUE_KEY]
+    args = [answer.xml, payload, ledger.REPLY_CHANNEL, notice, settings.dedupe_ttl, dedupe_key]
+    outcome = through_outages(
+        lambda: _script(ledger.COMPLETE)(keys=keys, args=args).decode(), f"storing the reply to {dedupe_key}"
+    )
+    if outcome == ledger.LATE:
+        queue_late(dedupe_key)
+    elif outcome.startswith("already:"):
+        log.info("message %s was answered by another run (%s): this reply is dropped", dedupe_key, outcome)
     return answer.xml
 
 
-@app.task(name=SWEEP)
-def sweep(dedupe_key: str) -> None:
-    """Runs after WeChat's last delivery is due: a reply nobody carried goes late."""
-    before, payload = _script(ledger.SWEEP)(keys=[ledger.record_key(dedupe_key)])
-    if before.decode() == ledger.DONE:
-        _deliver_late(json.loads(payload) if payload else None, dedupe_key)
+@app.task(name=DELIVER, bind=True, max_retries=len(RETRY_DELAYS), ignore_result=True)
+def deliver_late(self: Task, dedupe_key: str) -> None:
+    """The one send of a late reply: only the task that moves it to `sending` sends it."""
+    service = _customer_service()
+    keys = [ledger.record_key(dedupe_key), ledger.DUE_KEY]
+    retries = self.request.retries
+    token = ""
+    if service.configured:
+        try:
+            token = service.token()
+        except TokenError as exc:
+            if retries < len(RETRY_DELAYS):
+                # Nothing has begun: the reply stays `late` for the retry (or the sweep).
+                _retry_later(self, dedupe_key, str(exc))
+    before, payload = _script(ledger.BEGIN_SEND)(keys=keys, args=[dedupe_key])
+    if before.decode() != ledger.LATE:
+        log.debug("late reply to %s: nothing to send (%s)", dedupe_key, before.decode())
+        return
+    if not token:
+        result = SendResult("unconfigured", detail="no WECHAT_APPSECRET" if not service.configured else "no token")
+    else:
+        result = service.send(json.loads(payload), token)
+    if result.outcome == "retry" and retries < len(RETRY_DELAYS):
+        args = ["retry", result.errcode, RETRY_DELAYS[retries], SETTLED_TTL, dedupe_key]
+        _script(ledger.END_SEND)(keys=keys, args=args)
+        _retry_later(self, dedupe_key, f"{result.errcode} {result.detail}")
+    state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
+    _script(ledger.END_SEND)(keys=keys, args=[state, result.errcode, 0, SETTLED_TTL, dedupe_key])
+    if result.outcome == "sent":
+        service.count("late_sent")
+        log.info("late reply to %s sent through the customer-service API", dedupe_key)
+        return
+    stat = {"refused": "late_refused", "unconfigured": "late_unconfigured"}.get(result.outcome, "late_failed")
+    service.count(stat)
+    log.warning("late reply to %s not sent (%s): %s %s", dedupe_key, result.outcome, result.errcode, result.detail)
+
+
+def _retry_later(task: Task, dedupe_key: str, why: str) -> NoReturn:
+    delay = RETRY_DELAYS[task.request.retries]
+    _customer_service().count("late_retried")
+    log.warning("late reply to %s: %s; trying again in %d s", dedupe_key, why, delay)
+    raise task.retry(countdown=delay)

@@ -4,34 +4,55 @@ It is what makes a message run once and its reply go out exactly once. Every
 transition is a Lua script, so a relay and a worker racing over the same
 message are serialised by Redis itself:
 
-    pending ──complete──▶ done ──take──▶ taken          (passive reply)
+    pending ──complete──▶ done ──take──▶ taken                      (passive reply)
        │                   │
-       │                   └─sweep──▶ late               (customer-service API)
-       └──abandon/sweep──▶ abandoned ──complete──▶ late  (customer-service API)
+       │                   └──due──▶ late ──begin──▶ sending ──▶ sent | refused | failed
+       └──abandon/due──▶ abandoned ──complete──▶ late               (customer-service API)
 
-`late` always means: the worker that got there owns delivery through the
-customer-service API; `taken` means a relay wrote the reply to WeChat. No
-state leads from one to the other, so a reply can never take both paths.
+`taken` means a relay wrote the reply to WeChat; `late` means the reply is
+owed through the customer-service API, and only the one task that moves it
+to `sending` may send it. No state leads from `taken` to `late` or back, so
+a reply can never take both paths, and no state leads out of `sending` but
+the outcome of that one send, so a redelivered task can never send again.
+A handler that returned no reply ends `silent` instead of `late`.
+
+Nothing waits on a process staying alive. Every claimed message is also
+entered in the due set (a sorted set of when to look at it next): after
+WeChat's last delivery must have ended, the sweep hands a reply nobody took
+to the late path and re-offers a late reply whose task was lost, so a relay
+or worker killed at any point delays a reply, never drops it.
+
+Records live `dedupe_ttl` while their message runs; once settled (taken,
+sent, refused, silent) only as long as WeChat may still retry.
 
 The same script text serves the relay (redis.asyncio) and the worker (redis),
-which is why it lives here and not in either of them.
+which is why it lives here and not in either of them. Scripts read the time
+from Redis itself, so hosts with skewed clocks agree on what is due.
 """
 
 from __future__ import annotations
 
 PREFIX = "wxrelay:"
+RECORD_PREFIX = PREFIX + "msg:"
 REPLY_CHANNEL = PREFIX + "replies"
 WORKERS_KEY = PREFIX + "workers"
+DUE_KEY = PREFIX + "due"
 
 PENDING, DONE, TAKEN, ABANDONED, LATE, MISSING = "pending", "done", "taken", "abandoned", "late", "missing"
+SENDING, SENT, REFUSED, FAILED, SILENT = "sending", "sent", "refused", "failed", "silent"
 # A message in these states has a reply for WeChat's next delivery.
 REPLY_READY = (DONE, TAKEN)
-# A message in these states has been (or will be) answered through the API.
-GONE_LATE = (ABANDONED, LATE)
+# After the first delivery: a late path owns this message, answer `success`.
+GONE_LATE = (ABANDONED, LATE, SENDING, SENT, REFUSED, FAILED, SILENT)
+# A redelivered task may run the handler only while no reply was stored.
+MAY_RUN = (PENDING, ABANDONED, MISSING)
+# How long a reply owed late may wait for its task before the sweep offers
+# it again (a worker killed between storing it and queueing the send).
+LATE_LEASE = 10
 
 
 def record_key(dedupe_key: str) -> str:
-    return f"{PREFIX}msg:{dedupe_key}"
+    return RECORD_PREFIX + dedupe_key
 
 
 def session_key(openid: str) -> str:
@@ -48,31 +69,57 @@ def parse_reply_notice(data: str) -> tuple[str, str]:
     return dedupe_key, reply
 
 
-# KEYS: record, queue. ARGV: ttl, task message.
-# A new message is recorded and its task queued in one step: no relay crash
-# can leave a claimed message without a task, or queue a task twice.
-CLAIM = """
+def due_after(deliveries: int, wechat_timeout: float) -> float:
+    """From the first delivery, when WeChat's last one has surely ended."""
+    return deliveries * wechat_timeout + 1.0
+
+
+def settle_ttl(deliveries: int, wechat_timeout: float) -> int:
+    """How long a settled record still dedupes: WeChat's whole retry window."""
+    return int(deliveries * wechat_timeout) + 5
+
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+
+# KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key.
+# A new message is recorded, its task queued and its due time set in one
+# step: no relay crash can leave a claimed message without a task, or queue a
+# task twice. A retry counts its delivery and takes a reply that is ready.
+# `answered` = 1 replays a message a relay spooled and answered `success`:
+# no delivery will come for it, so it starts abandoned (its reply goes late).
+CLAIM = (
+    _NOW
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'pending', 'deliveries', 1)
+  local state = 'pending'
+  if ARGV[4] == '1' then state = 'abandoned' end
+  redis.call('HSET', KEYS[1], 'state', state, 'deliveries', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('LPUSH', KEYS[2], ARGV[2])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[5])
   return {'new', 1, ''}
 end
+if ARGV[4] == '1' then return {'replayed', 0, ''} end
 local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 local found = redis.call('HMGET', KEYS[1], 'state', 'reply')
 return {found[1], deliveries, found[2] or ''}
 """
+)
 
-# KEYS: record. A task may run unless its message already has a reply
-# (a broker redelivery after the work was done).
+# KEYS: record. A redelivered task may run unless its message already has a reply.
 START = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == false then return 'missing' end
 return state
 """
 
-# KEYS: record. ARGV: reply, customer-service payload, channel, notice.
-COMPLETE = """
+# KEYS: record, due. ARGV: reply, customer-service payload, channel, notice, ttl, dedupe key.
+# Returns `done` (a delivery may take it), `late` (the caller owns the late
+# send and must queue it), `silent`, or `already:<state>` when another run
+# of the same message got here first: that run owns the reply.
+COMPLETE = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'pending' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'reply', ARGV[1], 'cs', ARGV[2])
@@ -80,26 +127,46 @@ if state == 'pending' then
   return 'done'
 end
 if state == 'abandoned' or state == false then
-  if state == 'abandoned' then redis.call('HSET', KEYS[1], 'state', 'late') end
+  if ARGV[2] == '' then
+    redis.call('HSET', KEYS[1], 'state', 'silent')
+    redis.call('ZREM', KEYS[2], ARGV[6])
+    return 'silent'
+  end
+  redis.call('HSET', KEYS[1], 'state', 'late', 'cs', ARGV[2])
+  -- A missing record (expired while its handler ran) becomes a tombstone,
+  -- so a second run of the message finds it and sends nothing.
+  if state == false then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+  redis.call('ZADD', KEYS[2], now + $LATE_LEASE, ARGV[6])
   return 'late'
 end
-return state
+return 'already:' .. state
 """
+).replace("$LATE_LEASE", str(LATE_LEASE))
 
-# KEYS: record. A relay has written the reply to WeChat.
+# KEYS: record, due. ARGV: settled ttl, dedupe key. A relay is about to write
+# the reply to WeChat: only a reply still `done` (or already taken by an
+# earlier delivery of the same message) may be written.
 TAKE = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' then redis.call('HSET', KEYS[1], 'state', 'taken') end
-return state
+if state == 'done' then
+  redis.call('HSET', KEYS[1], 'state', 'taken')
+  redis.call('HDEL', KEYS[1], 'cs')
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return state or 'missing'
 """
 
-# KEYS: record. The last delivery is out of time: take the reply if it is
-# there, else hand the message to the late path.
+# KEYS: record, due. ARGV: settled ttl, dedupe key. The last delivery is out
+# of time: take the reply if it is there, else hand the message to the late path.
 ABANDON = """
 local found = redis.call('HMGET', KEYS[1], 'state', 'reply')
 local state = found[1]
 if state == 'done' or state == 'taken' then
   redis.call('HSET', KEYS[1], 'state', 'taken')
+  redis.call('HDEL', KEYS[1], 'cs')
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
   return {'taken', found[2]}
 end
 if state == 'pending' then
@@ -109,26 +176,67 @@ end
 return {state or 'missing', ''}
 """
 
-# KEYS: record, queue. ARGV: sweep task message.
-# A delivery ended with WeChat gone and no reply: queue one sweep for when
-# the last delivery must have come, in case it never does.
-SCHEDULE_SWEEP = """
-if redis.call('HSETNX', KEYS[1], 'sweep', 1) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
+# KEYS: due. ARGV: record prefix, how many, settled ttl.
+# The sweep: what is due and still owed. A reply no delivery took goes late;
+# a late reply whose task has not begun is offered again; a message still
+# running is abandoned (its reply will go late when it completes). Returns
+# the keys whose late send the caller must queue. (Records are addressed by
+# prefix, not passed as KEYS: the set's members are only known in here.)
+SWEEP_DUE = (
+    _NOW
+    + """
+local owed = {}
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local record = ARGV[1] .. key
+  local found = redis.call('HMGET', record, 'state', 'cs')
+  local state = found[1]
+  if state == 'done' and (found[2] == false or found[2] == '') then
+    redis.call('HSET', record, 'state', 'silent')
+    redis.call('EXPIRE', record, ARGV[3])
+    redis.call('ZREM', KEYS[1], key)
+  elseif state == 'done' or state == 'late' then
+    redis.call('HSET', record, 'state', 'late')
+    redis.call('ZADD', KEYS[1], now + $LATE_LEASE, key)
+    table.insert(owed, key)
+  else
+    if state == 'pending' then redis.call('HSET', record, 'state', 'abandoned') end
+    redis.call('ZREM', KEYS[1], key)
+  end
 end
-return 0
+return owed
+"""
+).replace("$LATE_LEASE", str(LATE_LEASE))
+
+# KEYS: record, due. ARGV: dedupe key. The one late send of a message
+# begins: returns the state before and, when this caller now owns the send,
+# its payload. Any other state means another task sent it, or is sending it.
+BEGIN_SEND = """
+local found = redis.call('HMGET', KEYS[1], 'state', 'cs')
+if found[1] == 'late' then
+  redis.call('HSET', KEYS[1], 'state', 'sending')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'late', found[2] or ''}
+end
+return {found[1] or 'missing', ''}
 """
 
-# KEYS: record. No delivery is left to carry the reply: it goes late.
-# Returns the state before and, when the sweeper now owns delivery, the payload.
-SWEEP = """
-local found = redis.call('HMGET', KEYS[1], 'state', 'cs')
-local state = found[1]
-if state == 'done' then
-  redis.call('HSET', KEYS[1], 'state', 'late')
-  return {'done', found[2]}
+# KEYS: record, due. ARGV: outcome (sent | refused | failed | retry), errcode,
+# retry delay (s), settled ttl, dedupe key.
+# `retry` gives the send back to `late` and sets when the sweep may offer it
+# again should the retry's task be lost; the others settle the record.
+END_SEND = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
+if ARGV[1] == 'retry' then
+  redis.call('HSET', KEYS[1], 'state', 'late', 'errcode', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]) + $LATE_LEASE, ARGV[5])
+  return 1
 end
-if state == 'pending' then redis.call('HSET', KEYS[1], 'state', 'abandoned') end
-return {state or 'missing', ''}
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'errcode', ARGV[2])
+redis.call('HDEL', KEYS[1], 'cs', 'reply')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
 """
+).replace("$LATE_LEASE", str(LATE_LEASE))

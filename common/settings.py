@@ -67,7 +67,24 @@ SETTINGS: dict[str, Setting] = {
     "deliveries": Setting("WXRELAY_DELIVERIES", "3", _positive_int, "Deliveries WeChat makes of one message."),
     "timestamp_window": Setting("WXRELAY_TIMESTAMP_WINDOW", "300", _positive_int, "Accepted clock skew (s)."),
     "max_body": Setting("WXRELAY_MAX_BODY", "65536", _positive_int, "Largest accepted request body (bytes)."),
-    "dedupe_ttl": Setting("WXRELAY_DEDUPE_TTL", "600", _positive_int, "How long a message's record lives (s)."),
+    "dedupe_ttl": Setting(
+        "WXRELAY_DEDUPE_TTL", "600", _positive_int, "How long the record of a message still running lives (s)."
+    ),
+    "redis_timeout": Setting(
+        "WXRELAY_REDIS_TIMEOUT",
+        "1.0",
+        _float,
+        "A relay's Redis call fails after this long: the message is spooled (s).",
+    ),
+    "spool_dir": Setting(
+        "WXRELAY_SPOOL_DIR", ".state/spool", str, "Where each relay keeps its spool of messages Redis could not take."
+    ),
+    "lease": Setting(
+        "WXRELAY_LEASE",
+        "15",
+        _positive_int,
+        "A worker renews its hold on each message it runs; a dead worker's messages run again this long after (s).",
+    ),
     "session_ttl": Setting("WXRELAY_SESSION_TTL", "86400", _positive_int, "Idle lifetime of `msg.session` (s)."),
     "queue": Setting("WXRELAY_QUEUE", "wxrelay", str, "Celery queue of the message task."),
     "task_soft_time_limit": Setting("WXRELAY_TASK_SOFT_TIME_LIMIT", "60", _positive_int, "Handler soft limit (s)."),
@@ -110,6 +127,9 @@ class Settings:
     timestamp_window: int
     max_body: int
     dedupe_ttl: int
+    redis_timeout: float
+    spool_dir: str
+    lease: int
     session_ttl: int
     queue: str
     task_soft_time_limit: int

@@ -20,8 +20,12 @@ log = logging.getLogger("wxrelay.relay")
 
 
 async def serve(settings: Settings, address: str, port: int) -> None:
-    relay = Relay.create(settings)
+    try:
+        relay = Relay.create(settings, port)
+    except ValueError as exc:  # a Redis URL the relay cannot use
+        raise InvalidConfigError(str(exc)) from None
     relay.listener.start()
+    relay.replayer.start()
     lag_probe = watch_loop_lag()
     # Behind nginx: the client's address is in X-Real-IP / X-Forwarded-For.
     server = HTTPServer(make_app(relay), xheaders=True, idle_connection_timeout=60)
@@ -38,8 +42,10 @@ async def serve(settings: Settings, address: str, port: int) -> None:
     while relay.dispatcher.in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     lag_probe.stop()
+    await relay.replayer.stop()
     await relay.listener.stop()
     relay.broker.ledger.close()
+    relay.spool.close()
     await relay.client.aclose()
     log.info("relay on port %d stopped", port)
 
@@ -55,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings, args.address, args.port))
+    try:
+        asyncio.run(serve(settings, args.address, args.port))
+    except InvalidConfigError as exc:
+        print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

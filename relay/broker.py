@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
 from common import ledger
+from common.settings import Settings
 from relay.celery_message import task_message
 from relay.pipeline import PipelinedRedis, Script
 
 HANDLE_TASK = "wxrelay.handle"
-SWEEP_TASK = "wxrelay.sweep"
 
 
 @dataclass(frozen=True)
 class Claim:
-    state: str  # "new" for the first delivery, else the ledger state
+    state: str  # "new" for the first delivery, "replayed" for a spooled one known already, else the ledger state
     deliveries: int
     reply: str
 
@@ -28,35 +27,36 @@ class Broker:
     """A delivery's ledger transitions go through `ledger`, one pipelined connection
     (relay.pipeline); look-ups and health checks through the redis-py `client`."""
 
-    def __init__(self, client: aioredis.Redis, ledger_connection: PipelinedRedis, queue: str, dedupe_ttl: int) -> None:
+    def __init__(self, client: aioredis.Redis, ledger_connection: PipelinedRedis, settings: Settings) -> None:
         self.client = client
         self.ledger = ledger_connection
-        self._queue = queue
-        self._ttl = dedupe_ttl
+        self._queue = settings.queue
+        self._ttl = settings.dedupe_ttl
+        self._due_after = ledger.due_after(settings.deliveries, settings.wechat_timeout)
+        self._settled = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout)
         self._claim = Script(ledger.CLAIM)
         self._take = Script(ledger.TAKE)
         self._abandon = Script(ledger.ABANDON)
-        self._schedule_sweep = Script(ledger.SCHEDULE_SWEEP)
 
-    async def claim(self, dedupe_key: str, xml: str) -> Claim:
-        """Count this delivery; the first one also queues the task, atomically."""
+    async def claim(self, dedupe_key: str, xml: str, answered: bool = False) -> Claim:
+        """Count this delivery; the first one also queues the task, atomically.
+
+        `answered`: a spooled message whose delivery was answered `success`."""
         message = task_message(HANDLE_TASK, [xml, dedupe_key], self._queue)
-        state, deliveries, reply = await self.ledger.evalsha(
-            self._claim, [ledger.record_key(dedupe_key), self._queue], [self._ttl, message]
-        )
+        keys = [ledger.record_key(dedupe_key), self._queue, ledger.DUE_KEY]
+        args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key]
+        state, deliveries, reply = await self.ledger.evalsha(self._claim, keys, args)
         return Claim(state, int(deliveries), reply)
 
-    async def take(self, dedupe_key: str) -> None:
-        await self.ledger.evalsha(self._take, [ledger.record_key(dedupe_key)], [])
+    async def take(self, dedupe_key: str) -> str:
+        """May this delivery write the reply? Returns the state before."""
+        keys = [ledger.record_key(dedupe_key), ledger.DUE_KEY]
+        return await self.ledger.evalsha(self._take, keys, [self._settled, dedupe_key])
 
     async def abandon(self, dedupe_key: str) -> tuple[str, str]:
-        state, reply = await self.ledger.evalsha(self._abandon, [ledger.record_key(dedupe_key)], [])
+        keys = [ledger.record_key(dedupe_key), ledger.DUE_KEY]
+        state, reply = await self.ledger.evalsha(self._abandon, keys, [self._settled, dedupe_key])
         return state, reply
-
-    async def schedule_sweep(self, dedupe_key: str, delay: float) -> None:
-        eta = datetime.now(UTC) + timedelta(seconds=delay)
-        message = task_message(SWEEP_TASK, [dedupe_key], self._queue, eta=eta)
-        await self.ledger.evalsha(self._schedule_sweep, [ledger.record_key(dedupe_key), self._queue], [message])
 
     async def record(self, dedupe_key: str) -> tuple[str | None, str]:
         state, reply = await self.client.hmget(ledger.record_key(dedupe_key), ["state", "reply"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
 from tornado.web import RequestHandler, stream_request_body
 
 from relay.context import Relay
@@ -95,8 +95,9 @@ class CallbackHandler(RequestHandler):
             return
         try:
             outcome = await self.relay.dispatcher.dispatch(dedupe_key(self.fields), xml, self.hung_up)
-        except (RedisError, OSError) as exc:
-            log.warning("Redis unavailable for %s: %s", dedupe_key(self.fields), exc)
+        except (OSError, sqlite3.Error) as exc:
+            # Neither Redis nor the spool could keep it: WeChat must try again.
+            log.error("cannot keep message %s: %s", dedupe_key(self.fields), exc)
             MESSAGES.labels("unavailable").inc()
             self.set_status(503)
             self.finish("service unavailable")

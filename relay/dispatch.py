@@ -4,91 +4,161 @@ WeChat delivers a message up to three times, cutting each delivery after
 5 s. Earlier deliveries hold on until WeChat hangs up, so a slow bot gets
 every second WeChat offers; the last one answers `success` within the
 budget if the reply is still not ready, and the reply goes late.
+
+A reply is written only after the ledger says this delivery may (TAKE): a
+reply the sweep already handed to the late path is never written too.
+
+When Redis cannot take the message (down, restarting, full), the delivery
+spools it, keeps trying Redis until its budget is spent, then answers
+`success`: the replayed message's reply goes late. WeChat is always
+answered in time, and a valid message is never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
 from dataclasses import dataclass
-from typing import Any
+
+from redis.exceptions import RedisError
 
 from common import ledger
 from common.settings import Settings
-from relay.broker import Broker
+from relay.broker import Broker, Claim
 from relay.listener import ReplyListener
+from relay.metrics import HELD, LEDGER_ERRORS, SPOOLED
+from relay.spool import Spool
 
 log = logging.getLogger("wxrelay.relay")
 
 # How long past WeChat's own cut a held delivery still waits: WeChat's clock
 # started before ours, so by then it has hung up unless it is not WeChat.
 HOLD_GRACE = 0.5
+# While Redis is away, a spooled delivery tries it again this often.
+RETRY_REDIS = 0.25
 
 
 @dataclass(frozen=True)
 class Outcome:
     reply: str | None  # the reply XML, '' for `success`, None when WeChat hung up
-    how: str  # passive | cached | success | late | dropped
+    how: str  # passive | cached | success | late | dropped | spooled
+
+
+def ledger_error_reason(exc: BaseException) -> str:
+    """down | timeout | full: what the operator reads in metrics and /healthz."""
+    text = str(exc)
+    if text.startswith("OOM"):
+        return "full"
+    if "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
+        return "timeout"
+    return "down"
 
 
 class Dispatcher:
-    def __init__(self, broker: Broker, listener: ReplyListener, settings: Settings) -> None:
+    def __init__(self, broker: Broker, listener: ReplyListener, spool: Spool, settings: Settings) -> None:
         self._broker = broker
         self._listener = listener
+        self._spool = spool
         self._settings = settings
-        self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
+        HELD.set_function(lambda: self.in_flight)
+        # Keys a delivery of this process is holding while spooled: the replayer leaves them to it.
+        self.held: set[str] = set()
+        self.last_error: tuple[float, str] | None = None
 
     async def dispatch(self, dedupe_key: str, xml: str, hung_up: asyncio.Event) -> Outcome:
         self.in_flight += 1
         try:
-            return await self._dispatch(dedupe_key, xml, hung_up)
+            return await self._dispatch(dedupe_key, xml, hung_up, time.monotonic())
         finally:
             self.in_flight -= 1
 
-    async def _dispatch(self, dedupe_key: str, xml: str, hung_up: asyncio.Event) -> Outcome:
+    async def _dispatch(self, dedupe_key: str, xml: str, hung_up: asyncio.Event, started: float) -> Outcome:
         waiter = self._listener.expect(dedupe_key)
         try:
-            claim = await self._broker.claim(dedupe_key, xml)
+            claim = await self._claim(dedupe_key, xml, hung_up, started)
+            if claim is None:
+                return Outcome("", "spooled")
             if claim.state in ledger.REPLY_READY:
-                self._later(self._broker.take(dedupe_key))
-                return Outcome(claim.reply, "cached")
+                return await self._take(dedupe_key, claim.reply, "cached")
             if claim.state in ledger.GONE_LATE:
                 return Outcome("", "late")
             last = claim.deliveries >= self._settings.deliveries
             timeout = self._settings.reply_budget if last else self._settings.wechat_timeout + HOLD_GRACE
-            reply = await self._wait(waiter, hung_up, timeout)
+            reply = await self._wait(waiter, hung_up, timeout - (time.monotonic() - started))
         finally:
             self._listener.forget(dedupe_key, waiter)
         if reply is not None:
-            self._later(self._broker.take(dedupe_key))
-            return Outcome(reply, "passive")
+            return await self._take(dedupe_key, reply, "passive")
         if hung_up.is_set():
-            remaining = self._settings.deliveries - claim.deliveries + 1
-            self._later(self._broker.schedule_sweep(dedupe_key, remaining * self._settings.wechat_timeout))
+            # The sweep hands the reply to the late path if no delivery comes back for it.
             return Outcome(None, "dropped")
-        state, reply = await self._broker.abandon(dedupe_key)
-        if state == ledger.TAKEN:
-            return Outcome(reply, "passive")
+        try:
+            state, reply = await self._broker.abandon(dedupe_key)
+            if state == ledger.TAKEN:
+                return Outcome(reply, "passive")
+            if state == ledger.MISSING:
+                # Redis lost the record (a crash inside AOF's last second): the
+                # delivery in hand recreates it, abandoned, so its reply goes late.
+                await self._broker.claim(dedupe_key, xml, answered=True)
+        except RedisError as exc:
+            # Kept answered: replayed, it is a no-op if Redis still has the record.
+            self._failed(exc)
+            await self._spool.put(dedupe_key, xml)
+            await self._spool.mark_answered(dedupe_key)
         return Outcome("", "success")
+
+    async def _claim(self, dedupe_key: str, xml: str, hung_up: asyncio.Event, started: float) -> Claim | None:
+        """The ledger's claim; while Redis cannot take it, the spool holds the message.
+
+        None: the budget ran out with Redis still away, the message is spooled."""
+        try:
+            return await self._broker.claim(dedupe_key, xml)
+        except RedisError as exc:
+            self._failed(exc)
+        self.held.add(dedupe_key)
+        try:
+            await self._spool.put(dedupe_key, xml)
+            SPOOLED.inc()
+            deadline = started + self._settings.reply_budget
+            while time.monotonic() + RETRY_REDIS < deadline and not hung_up.is_set():
+                await asyncio.sleep(RETRY_REDIS)
+                try:
+                    claim = await self._broker.claim(dedupe_key, xml)
+                except RedisError as exc:
+                    self._failed(exc)
+                    continue
+                await self._spool.remove(dedupe_key)
+                return claim
+            await self._spool.mark_answered(dedupe_key)
+            return None
+        finally:
+            self.held.discard(dedupe_key)
+
+    async def _take(self, dedupe_key: str, reply: str, how: str) -> Outcome:
+        try:
+            state = await self._broker.take(dedupe_key)
+        except RedisError as exc:
+            # Unrecorded, a written reply could also go late: leave it to the late path.
+            self._failed(exc)
+            return Outcome("", "success")
+        if state in ledger.REPLY_READY:
+            return Outcome(reply, how)
+        return Outcome("", "late")
+
+    def _failed(self, exc: RedisError) -> None:
+        reason = ledger_error_reason(exc)
+        LEDGER_ERRORS.labels(reason).inc()
+        if self.last_error is None or time.monotonic() - self.last_error[0] > 5:
+            log.warning("Redis cannot take messages (%s): %s; spooling", reason, exc)
+        self.last_error = (time.monotonic(), reason)
 
     @staticmethod
     async def _wait(waiter: asyncio.Future[str], hung_up: asyncio.Event, timeout: float) -> str | None:
         hang_up = asyncio.ensure_future(hung_up.wait())
         try:
-            await asyncio.wait({waiter, hang_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, hang_up}, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
         finally:
             hang_up.cancel()
         return waiter.result() if waiter.done() and not waiter.cancelled() else None
-
-    def _later(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Ledger bookkeeping that the answer to WeChat need not wait for."""
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("ledger update failed: %s", task.exception())

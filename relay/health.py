@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -14,6 +15,10 @@ from relay.context import Relay
 # A worker heartbeats every few seconds; one not seen for this long is gone.
 WORKER_SEEN_WITHIN = 30.0
 REDIS_CHECK_TIMEOUT = 1.0
+# A ledger call failed this recently: the operator should hear why.
+RECENT_ERROR = 30.0
+# Past this share of maxmemory, Redis is about to refuse writes.
+MEMORY_FULL = 0.95
 
 
 class LivezHandler(RequestHandler):
@@ -25,21 +30,40 @@ class LivezHandler(RequestHandler):
 
 
 class HealthzHandler(RequestHandler):
-    """Redis reachable and at least one worker seen recently."""
+    """Redis reachable with room to write, a worker seen recently, nothing spooled;
+    `problems` says in words what is not so."""
 
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
 
     async def get(self) -> None:
         report: dict[str, object] = {"redis": False, "workers": 0, "reply_channel": False}
+        problems: list[str] = []
         try:
             async with asyncio.timeout(REDIS_CHECK_TIMEOUT):
                 report["redis"] = bool(await self.relay.client.ping())
                 report["workers"] = await self.relay.broker.workers_seen(WORKER_SEEN_WITHIN)
-        except (RedisError, OSError, TimeoutError):
-            pass
+                memory = await self.relay.client.info("memory")
+        except (RedisError, OSError, TimeoutError) as exc:
+            problems.append(f"Redis unreachable: {exc or type(exc).__name__}")
+        else:
+            limit = int(memory.get("maxmemory", 0))
+            used = int(memory.get("used_memory", 0))
+            if limit and used >= MEMORY_FULL * limit:
+                problems.append(f"Redis memory full: {used} of {limit} bytes (maxmemory); messages are spooled")
+            if not report["workers"]:
+                problems.append(f"no worker seen in the last {WORKER_SEEN_WITHIN:.0f} s")
         report["reply_channel"] = self.relay.listener.connected.is_set()
-        healthy = report["redis"] and report["workers"] and report["reply_channel"]
+        if not report["reply_channel"]:
+            problems.append("not subscribed to the reply channel")
+        report["spooled"] = self.relay.spool.depth
+        if self.relay.spool.depth:
+            problems.append(f"{self.relay.spool.depth} messages spooled on disk, waiting for Redis")
+        error = self.relay.dispatcher.last_error
+        if error is not None and time.monotonic() - error[0] < RECENT_ERROR:
+            problems.append(f"a ledger call failed {time.monotonic() - error[0]:.0f} s ago: Redis {error[1]}")
+        healthy = not problems
+        report["problems"] = problems
         report["status"] = "ok" if healthy else "unhealthy"
         self.set_status(200 if healthy else 503)
         self.set_header("Content-Type", "application/json")

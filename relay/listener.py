@@ -35,6 +35,7 @@ class ReplyListener:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        await self._client.aclose()
 
     def expect(self, dedupe_key: str) -> asyncio.Future[str]:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()

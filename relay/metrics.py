@@ -12,9 +12,18 @@ MESSAGES = Counter(
     "wxrelay_messages",
     "Deliveries of valid messages, by how they ended: passive (reply written), cached (a retry served "
     "from the ledger), success (no reply, or out of time), late (reply goes by the API), dropped "
-    "(WeChat hung up), unavailable (Redis unreachable).",
+    "(WeChat hung up), spooled (Redis could not take it: kept on disk, answered `success`, its reply goes late).",
     ["outcome"],
 )
+LEDGER_ERRORS = Counter(
+    "wxrelay_ledger_errors",
+    "Ledger calls Redis could not serve, by why: down (refused or lost), timeout, full (maxmemory reached).",
+    ["reason"],
+)
+SPOOLED = Counter("wxrelay_spooled", "Messages written to the relay's spool because Redis could not take them.")
+SPOOL_DEPTH = Gauge("wxrelay_spool_depth", "Messages in the relay's spool, waiting for Redis.")
+REPLAYED = Counter("wxrelay_replayed", "Spooled messages handed to the ledger once Redis was back.")
+HELD = Gauge("wxrelay_deliveries_held", "Deliveries this relay holds open right now, waiting for their reply.")
 VERIFIED = Counter("wxrelay_url_verifications", "Successful GET URL verifications.")
 REPLY_SECONDS = Histogram(
     "wxrelay_reply_seconds",

@@ -57,6 +57,7 @@ def stack_env(redis_server: RedisServer, wechat_api: FakeWeChatAPI, log_dir: Pat
         "WXRELAY_REPLY_BUDGET": str(REPLY_BUDGET),
         "WXRELAY_WORKER_CONCURRENCY": "16",
         "WXRELAY_LOG_LEVEL": "INFO",
+        "WXRELAY_SPOOL_DIR": str(log_dir / "spool"),
     }
 
 

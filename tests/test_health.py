@@ -14,11 +14,13 @@ from tests.services import Process, RedisServer, free_port, wait_until
 
 def test_healthz_reports_redis_workers_and_reply_channel(relays):
     report = httpx.get(f"{relays[0].url}/healthz").json()
-    assert report == {"redis": True, "workers": report["workers"], "reply_channel": True, "status": "ok"}
+    assert report == {
+        "redis": True, "workers": report["workers"], "reply_channel": True, "spooled": 0, "problems": [], "status": "ok"
+    }  # fmt: skip
     assert report["workers"] >= 1
 
 
-def test_healthz_is_503_without_workers(log_dir, stack_env):
+def test_healthz_says_what_is_missing_and_a_message_without_redis_is_spooled(log_dir, stack_env):
     lonely = RedisServer(log_dir)
     port = free_port()
     env = {**stack_env, "WXRELAY_REDIS_URL": lonely.url}
@@ -28,13 +30,18 @@ def test_healthz_is_503_without_workers(log_dir, stack_env):
         response = httpx.get(f"http://127.0.0.1:{port}/healthz")
         assert response.status_code == 503 and response.json()["workers"] == 0
         assert response.json()["status"] == "unhealthy"
-        # With Redis gone, the process is still alive and a message gets a 503, not a 500.
+        # With Redis gone the process is still alive, and a message is kept on
+        # disk and answered in time: `success`, never a 5xx.
         lonely.stop()
         assert httpx.get(f"http://127.0.0.1:{port}/livez").text == "ok"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["redis"] is False
         sim = WeChatSimulator(f"http://127.0.0.1:{port}/wechat", TOKEN, APPID, AES_KEY, deadline=3, deliveries=1)
         result = sim.say("nobody home")
-        assert [a.outcome for a in result.attempts] == [503]
+        assert [a.outcome for a in result.attempts] == [200] and result.body == b"success"
+        report = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        assert report["spooled"] == 1 and report["status"] == "unhealthy"
+        assert any(problem.startswith("Redis unreachable") for problem in report["problems"])
+        assert any("spooled on disk" in problem for problem in report["problems"])
     finally:
         relay.stop()
 
@@ -56,4 +63,4 @@ def test_a_reply_no_delivery_comes_back_for_goes_late_once(relays, redis_server,
     assert not result.answered and [a.outcome for a in result.attempts] == ["timeout"]
     wechat_api.wait_for(lambda api: any(m["touser"] == user for m in api.messages), timeout=20)
     assert [m["text"]["content"] for m in wechat_api.messages if m["touser"] == user] == ["slow reply to slow 1.5"]
-    wait_until(lambda: redis_server.client().hget(f"wxrelay:msg:msg:{msg_id}", "state") == b"late", 5, "late")
+    wait_until(lambda: redis_server.client().hget(f"wxrelay:msg:msg:{msg_id}", "state") == b"sent", 5, "sent")

@@ -1,0 +1,172 @@
+"""The ledger's transitions against a real Redis: each owned by the one caller that made it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from common import ledger
+
+TTL, SETTLED = 600, 20
+QUEUE = "ledger-test-queue"
+
+
+class Ledger:
+    """The scripts as relays and workers call them, on a key of the test's own."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.key = f"test:{uuid.uuid4().hex}"
+        self.record = ledger.record_key(self.key)
+
+    def run(self, source: str, keys: list[str], args: list[object]) -> object:
+        result = self.client.register_script(source)(keys=keys, args=args)
+        return _decode(result)
+
+    def claim(self, answered: bool = False, due_after: float = 30) -> list[object]:
+        keys = [self.record, QUEUE, ledger.DUE_KEY]
+        return self.run(ledger.CLAIM, keys, [TTL, "task", due_after, int(answered), self.key])  # type: ignore[return-value]
+
+    def complete(self, reply: str = "<xml/>", cs: str = '{"touser": "u"}') -> str:
+        args = [reply, cs, "test:channel", "notice", TTL, self.key]
+        return self.run(ledger.COMPLETE, [self.record, ledger.DUE_KEY], args)  # type: ignore[return-value]
+
+    def take(self) -> str:
+        return self.run(ledger.TAKE, [self.record, ledger.DUE_KEY], [SETTLED, self.key])  # type: ignore[return-value]
+
+    def abandon(self) -> list[str]:
+        return self.run(ledger.ABANDON, [self.record, ledger.DUE_KEY], [SETTLED, self.key])  # type: ignore[return-value]
+
+    def begin(self) -> list[str]:
+        return self.run(ledger.BEGIN_SEND, [self.record, ledger.DUE_KEY], [self.key])  # type: ignore[return-value]
+
+    def end(self, outcome: str, errcode: int = 0, delay: int = 0) -> int:
+        keys = [self.record, ledger.DUE_KEY]
+        return self.run(ledger.END_SEND, keys, [outcome, errcode, delay, SETTLED, self.key])  # type: ignore[return-value]
+
+    def make_due(self) -> None:
+        self.client.zadd(ledger.DUE_KEY, {self.key: 0})
+
+    def sweep(self) -> list[str]:
+        owed = self.run(ledger.SWEEP_DUE, [ledger.DUE_KEY], [ledger.RECORD_PREFIX, 1000, SETTLED])
+        return [key for key in owed if key == self.key]  # type: ignore[union-attr]
+
+    @property
+    def state(self) -> str | None:
+        raw = self.client.hget(self.record, "state")
+        return raw.decode() if raw else None
+
+    @property
+    def due(self) -> float | None:
+        return self.client.zscore(ledger.DUE_KEY, self.key)
+
+
+def _decode(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    return value
+
+
+@pytest.fixture
+def book(redis_server) -> Ledger:
+    return Ledger(redis_server.client())
+
+
+def test_a_claim_records_queues_and_sets_the_due_time_once(book):
+    assert book.claim() == ["new", 1, ""]
+    assert book.state == "pending" and book.due is not None
+    assert book.claim()[:2] == ["pending", 2]
+    assert book.client.lrange(QUEUE, 0, -1).count(b"task") >= 1
+
+
+def test_a_passive_reply_is_taken_once_and_the_record_then_lives_only_the_retry_window(book):
+    book.claim()
+    assert book.complete() == "done"
+    assert book.take() == "done" and book.state == "taken"
+    assert book.due is None and 0 < book.client.ttl(book.record) <= SETTLED
+    assert book.client.hget(book.record, "cs") is None
+    # A retry of the message is served the same reply; the sweep has nothing to do.
+    assert book.claim()[0] == "taken"
+    book.make_due()
+    assert book.sweep() == [] and book.state == "taken"
+
+
+def test_the_sweep_hands_an_untaken_reply_to_exactly_one_late_send(book):
+    book.claim()
+    book.complete()
+    book.make_due()
+    assert book.sweep() == [book.key] and book.state == "late"
+    # A delivery that got the notice too late may not write it.
+    assert book.take() == "late"
+    assert book.begin() == ["late", '{"touser": "u"}'] and book.state == "sending"
+    # A second task (a redelivery, a sweep's second offer) sends nothing.
+    assert book.begin() == ["sending", ""]
+    assert book.end("sent") == 1 and book.state == "sent"
+    assert book.begin() == ["sent", ""]
+    assert 0 < book.client.ttl(book.record) <= SETTLED
+
+
+def test_a_late_reply_whose_task_was_lost_is_offered_again(book):
+    book.claim()
+    book.abandon()
+    assert book.complete() == "late"
+    assert book.due is not None  # the sweep will look again if no send begins
+    book.make_due()
+    assert book.sweep() == [book.key]
+    assert book.begin()[0] == "late" and book.due is None
+
+
+def test_a_second_complete_never_owns_the_reply(book):
+    book.claim()
+    assert book.abandon() == ["abandoned", ""]
+    assert book.complete() == "late"
+    assert book.complete() == "already:late"
+    book.begin()
+    assert book.complete() == "already:sending"
+
+
+def test_a_complete_on_a_missing_record_leaves_a_tombstone(book):
+    assert book.complete() == "late"
+    assert book.state == "late" and book.client.ttl(book.record) > 0
+    assert book.complete() == "already:late"
+
+
+def test_a_handler_with_no_reply_settles_silently(book):
+    book.claim()
+    book.abandon()
+    assert book.complete(reply="", cs="") == "silent"
+    book.make_due()
+    assert book.sweep() == [] and book.state == "silent"
+
+
+def test_a_message_still_running_when_due_is_abandoned_and_its_reply_goes_late(book):
+    book.claim()
+    book.make_due()
+    assert book.sweep() == [] and book.state == "abandoned"
+    assert book.complete() == "late"
+
+
+def test_a_send_to_retry_goes_back_to_late_and_is_due_after_its_delay(book):
+    book.claim()
+    book.abandon()
+    book.complete()
+    book.begin()
+    now = float(book.client.time()[0])
+    assert book.end("retry", errcode=-1, delay=30) == 1
+    assert book.state == "late" and book.due is not None and book.due >= now + 30
+    assert book.client.hget(book.record, "attempts") == b"1"
+    assert book.begin()[0] == "late"
+    assert book.end("refused", errcode=48001) == 1
+    assert book.state == "refused" and book.client.hget(book.record, "errcode") == b"48001"
+    assert book.end("sent") == 0  # only the owner of `sending` ends it
+
+
+def test_a_replayed_spooled_message_starts_abandoned_and_a_known_one_is_left_alone(book):
+    assert book.claim(answered=True) == ["new", 1, ""]
+    assert book.state == "abandoned"
+    assert book.claim(answered=True) == ["replayed", 0, ""]
+    assert book.complete() == "late"
