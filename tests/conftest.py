@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from simulator import WeChatSimulator
-from tests.fake_wechat_api import FakeWeChatAPI
+from simulator.api import FakeWeChatAPI
 from tests.services import RedisServer, RelayProcess, Worker
 
 TOKEN = "wxrelaytest"

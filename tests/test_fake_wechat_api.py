@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fake_wechat_api import FakeWeChatAPI
+from simulator.api import FakeWeChatAPI
 
 APPID = "wx_test_appid"
 SECRET = "test_secret"
@@ -98,3 +98,25 @@ def test_wait_for_wakes_on_a_send_from_another_thread(api: FakeWeChatAPI) -> Non
 
     with pytest.raises(TimeoutError):
         api.wait_for(lambda fake: len(fake.messages) == 2, timeout=0.05)
+
+
+def test_held_token_requests_wait_until_released(api: FakeWeChatAPI) -> None:
+    api.hold_tokens()
+    answers: list[dict] = []
+    fetcher = threading.Thread(target=lambda: answers.append(fetch_token(api)))
+    fetcher.start()
+    api.wait_for(lambda fake: fake.token_requests_waiting == 1, timeout=5.0)
+    assert answers == [] and api.token_requests == 0
+    api.release_tokens()
+    fetcher.join()
+    assert "access_token" in answers[0] and api.token_requests_waiting == 0
+
+
+def test_a_dropped_send_gets_no_answer_and_is_recorded(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    api.drop_next()
+    with pytest.raises(httpx.TransportError):
+        send(api, token, text_payload("lost in transit"))
+    assert [a.errcode for a in api.send_attempts] == [-2] and api.messages == []
+    assert send(api, token, text_payload("again"))["errcode"] == 0
+    assert api.sends_to("o_user") == [text_payload("again")] and api.sends_to("o_other") == []

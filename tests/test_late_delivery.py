@@ -34,9 +34,9 @@ def test_a_busy_wechat_is_tried_again_until_the_reply_goes_once(wechat, redis_se
     wechat_api.fail_next(-1, count=2)
     msg_id = late_message(wechat, user)
     # Backoff 2 s, then 4 s.
-    wechat_api.wait_for(lambda api: bool([m for m in api.messages if m["touser"] == user]), timeout=SLOW + 20)
+    wechat_api.wait_for(lambda api: bool(api.sends_to(user)), timeout=SLOW + 20)
     assert attempts_to(wechat_api, user) == [-1, -1, 0]
-    assert len([m for m in wechat_api.messages if m["touser"] == user]) == 1
+    assert len(wechat_api.sends_to(user)) == 1
     record = f"wxrelay:msg:msg:{msg_id}"
     wait_until(lambda: redis_server.client().hget(record, "state") == b"sent", 5, "the send recorded")
     assert stat(redis_server, "late_retried") == retried + 2
@@ -53,3 +53,12 @@ def test_a_refusal_is_recorded_once_and_not_retried(wechat, redis_server, wechat
     assert attempts_to(wechat_api, user) == [48001]
     assert stat(redis_server, "late_refused") == refused + 1
     assert redis_server.client().zscore("wxrelay:due", f"msg:{msg_id}") is None
+
+
+def test_a_send_lost_in_transit_is_tried_again(wechat, redis_server, wechat_api):
+    user = f"o_dropped_{new_msg_id()}"
+    wechat_api.drop_next()
+    late_message(wechat, user)
+    wechat_api.wait_for(lambda api: bool(api.sends_to(user)), timeout=SLOW + 20)
+    assert attempts_to(wechat_api, user) == [-2, 0]
+    assert [m["text"]["content"] for m in wechat_api.sends_to(user)] == [f"slow reply to slow {SLOW}"]

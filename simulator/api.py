@@ -1,15 +1,17 @@
-"""A local stand-in for WeChat's API servers (access_token and customer-service send).
+"""The simulator's stand-in for WeChat's API servers (access_token and customer-service send).
 
-WeChat's servers are outside the machine, so this is the one fake the
-test-suite allows. It answers like api.weixin.qq.com: HTTP 200 with a JSON
-errcode, and keeps every issued token valid until `expire_tokens()` (WeChat
-keeps the previous token alive for five minutes after a new fetch).
+WeChat's servers are outside the machine, so this is the one fake the test
+suite allows; the fault rehearsal (`make chaos`) counts late replies with it
+too. It answers like api.weixin.qq.com: HTTP 200 with a JSON errcode, and
+keeps every issued token valid until `expire_tokens()` (WeChat keeps the
+previous token alive for five minutes after a new fetch).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ERRMSG = {
+    -1: "system error",
     0: "ok",
     40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
@@ -29,7 +32,10 @@ ERRMSG = {
     45015: "response out of time limit or subscription is canceled",
     45047: "out of response count limit",
     47001: "data format error",
+    48001: "api unauthorized",
 }
+# The errcode a dropped send is recorded with: the connection closed unanswered.
+DROPPED = -2
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,13 @@ class FakeWeChatAPI:
         self._valid_tokens: set[str] = set()
         self._expired_tokens: set[str] = set()
         self._failures: deque[int] = deque()
+        self._drops = 0
+        self._tokens_held = False
+        self._tokens_waiting = 0
         self._messages: list[dict[str, Any]] = []
         self._send_attempts: list[SendAttempt] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-
 
     def __enter__(self) -> FakeWeChatAPI:
         self.start()
@@ -78,6 +86,7 @@ class FakeWeChatAPI:
     def stop(self) -> None:
         if self._server is None or self._thread is None:
             return
+        self.release_tokens()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -89,7 +98,6 @@ class FakeWeChatAPI:
             raise RuntimeError("FakeWeChatAPI is not running")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
-
 
     @property
     def token_requests(self) -> int:
@@ -108,6 +116,31 @@ class FakeWeChatAPI:
         with self._changed:
             return list(self._send_attempts)
 
+    def sends_to(self, user: str) -> list[dict[str, Any]]:
+        """The accepted payloads addressed to one OpenID, in arrival order."""
+        return [message for message in self.messages if message.get("touser") == user]
+
+    @property
+    def token_requests_waiting(self) -> int:
+        """Token requests blocked right now by `hold_tokens()`."""
+        with self._changed:
+            return self._tokens_waiting
+
+    def hold_tokens(self) -> None:
+        """Make token requests wait until `release_tokens()`: freezes a sender before its send."""
+        with self._changed:
+            self._tokens_held = True
+
+    def release_tokens(self) -> None:
+        with self._changed:
+            self._tokens_held = False
+            self._changed.notify_all()
+
+    def drop_next(self, count: int = 1) -> None:
+        """Close the connection of the next `count` sends unanswered (recorded with errcode DROPPED)."""
+        with self._changed:
+            self._drops += count
+
     def fail_next(self, errcode: int, count: int = 1) -> None:
         """Answer the next `count` authenticated sends with `errcode` (45015, 45047…)."""
         with self._changed:
@@ -125,8 +158,12 @@ class FakeWeChatAPI:
             if not self._changed.wait_for(lambda: predicate(self), timeout):
                 raise TimeoutError(f"FakeWeChatAPI: condition not met within {timeout} s")
 
-
     def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._changed:
+            self._tokens_waiting += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._tokens_held)
+            self._tokens_waiting -= 1
         if query.get("grant_type") != "client_credential":
             return _error(40002)
         if query.get("appid") != self.appid:
@@ -140,9 +177,15 @@ class FakeWeChatAPI:
             self._changed.notify_all()
         return {"access_token": token, "expires_in": self.expires_in}
 
-    def custom_send(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
+    def custom_send(self, query: dict[str, str], body: bytes) -> dict[str, Any] | None:
+        """The answer to a send; None: drop the connection unanswered."""
         token = query.get("access_token", "")
         with self._changed:
+            if self._drops:
+                self._drops -= 1
+                self._send_attempts.append(SendAttempt(token, body, DROPPED))
+                self._changed.notify_all()
+                return None
             errcode, payload = self._judge_send(token, body)
             self._send_attempts.append(SendAttempt(token, body, errcode))
             if errcode == 0:
@@ -194,7 +237,12 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._target()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if path == "/cgi-bin/message/custom/send":
-            self._answer(self.server.api.custom_send(query, body))
+            answer = self.server.api.custom_send(query, body)
+            if answer is None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._answer(answer)
         else:
             self._answer({"errcode": 404, "errmsg": "not found"}, status=404)
 
