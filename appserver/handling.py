@@ -32,10 +32,18 @@ class Answer:
         return cls("", None)
 
 
-def handle(xml: str, bot: Bot, client: redis.Redis, session_ttl: int, time_limit: float) -> Answer:
-    """Never raises for anything a handler does: a failure is logged and yields no reply."""
+def handle(
+    xml: str, bot: Bot, client: redis.Redis, session_ttl: int, time_limit: float, hard_time_limit: float | None = None
+) -> Answer:
+    """Never raises for anything a handler does: a failure is logged and yields no reply.
+
+    `time_limit` is the task's soft limit: how long an async handler may run, and
+    how long a handler waits for a session another message of its user holds.
+    `hard_time_limit` is how long a session's lock lives (1.5 x `time_limit`
+    when not given, the default settings' ratio)."""
     msg = parse_message(xml)
-    session = Session(client, msg.source, session_ttl)
+    lock_ttl = hard_time_limit if hard_time_limit is not None else time_limit * 1.5
+    session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit)
     msg.session = session  # type: ignore[attr-defined]
     handler = bot.find_handler(msg)
     if handler is None:
@@ -50,6 +58,8 @@ def handle(xml: str, bot: Bot, client: redis.Redis, session_ttl: int, time_limit
     except Exception:
         log.exception("handler %s failed on message %s", getattr(handler, "__name__", handler), msg.dedupe_key)
         return Answer.none()
+    finally:
+        session.release()
     return answer
 
 

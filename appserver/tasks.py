@@ -70,7 +70,9 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
         if state not in ledger.MAY_RUN:
             log.info("message %s already answered (%s): not run again", dedupe_key, state)
             return ""
-    answer: Answer = handle(xml, _bot(), client(), settings.session_ttl, settings.task_soft_time_limit)
+    answer: Answer = handle(
+        xml, _bot(), client(), settings.session_ttl, settings.task_soft_time_limit, settings.task_time_limit
+    )
     if dedupe_key is None or record is None:
         return answer.xml
     payload = json.dumps(answer.customer_service) if answer.customer_service else ""
@@ -111,10 +113,11 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         result = service.send(json.loads(payload), token)
     if result.outcome == "retry" and retries < len(RETRY_DELAYS):
         args = ["retry", result.errcode, RETRY_DELAYS[retries], SETTLED_TTL, dedupe_key]
-        _script(ledger.END_SEND)(keys=keys, args=args)
+        through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
         _retry_later(self, dedupe_key, f"{result.errcode} {result.detail}")
     state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
-    _script(ledger.END_SEND)(keys=keys, args=[state, result.errcode, 0, SETTLED_TTL, dedupe_key])
+    args = [state, result.errcode, 0, SETTLED_TTL, dedupe_key]
+    through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
     if result.outcome == "sent":
         service.count("late_sent")
         log.info("late reply to %s sent through the customer-service API", dedupe_key)

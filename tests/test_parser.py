@@ -421,19 +421,24 @@ def test_dedupe_key_for_a_message_uses_msg_id():
     assert dedupe_key(fields) == "msg:6054768590064713728"
 
 
-def test_dedupe_key_for_an_event_uses_sender_and_time():
+def test_dedupe_key_for_an_event_uses_sender_time_name_and_key():
     msg = parse_message(event("CLICK", "<EventKey>K</EventKey>"))
-    assert msg.dedupe_key == "event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:click"
+    assert msg.dedupe_key == "event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:click:K"
+
+
+def test_dedupe_key_for_an_event_without_event_key_ends_empty():
+    msg = parse_message(event("subscribe"))
+    assert msg.dedupe_key == "event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:subscribe:"
 
 
 @pytest.mark.parametrize("name", ["TEMPLATESENDJOBFINISH", "MASSSENDJOBFINISH"])
 def test_dedupe_key_for_job_events_ignores_the_job_id(name):
     fields = parse_xml(event(name, "<MsgID>200163836</MsgID><Status>success</Status>"))
-    assert dedupe_key(fields) == f"event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:{name.lower()}"
+    assert dedupe_key(fields) == f"event:oyORnuP8q7ou2gfYjqLzSIWZf0rs:1409735668:{name.lower()}:"
 
 
 def test_dedupe_key_for_a_message_without_msg_id_falls_back():
-    assert dedupe_key({"MsgType": "text", "FromUserName": "u", "CreateTime": "5"}) == "event:u:5:"
+    assert dedupe_key({"MsgType": "text", "FromUserName": "u", "CreateTime": "5"}) == "event:u:5::"
 
 
 def test_dedupe_keys_differ_between_users_at_the_same_second():
@@ -447,3 +452,40 @@ def test_dedupe_keys_differ_between_events_of_one_user_at_the_same_second():
     second = {"MsgType": "event", "Event": "LOCATION", "FromUserName": "u", "CreateTime": "5"}
     assert dedupe_key(first) != dedupe_key(second)
     assert dedupe_key(first) == dedupe_key(dict(first))
+
+
+def test_dedupe_keys_differ_between_clicks_of_one_user_at_the_same_second():
+    first = parse_message(event("CLICK", "<EventKey><![CDATA[MENU_A]]></EventKey>"))
+    second = parse_message(event("CLICK", "<EventKey><![CDATA[MENU_B]]></EventKey>"))
+    assert (first.source, first.time) == (second.source, second.time)
+    assert first.dedupe_key != second.dedupe_key
+
+
+def test_a_retry_of_an_event_has_the_same_dedupe_key():
+    xml = event("CLICK", "<EventKey><![CDATA[MENU_A]]></EventKey>")
+    assert parse_message(xml).dedupe_key == parse_message(xml).dedupe_key
+    # Nor does the order of its fields.
+    retried = {"EventKey": "MENU_A", "Event": "CLICK", "CreateTime": "5", "FromUserName": "u", "MsgType": "event"}
+    original = {"MsgType": "event", "FromUserName": "u", "CreateTime": "5", "Event": "CLICK", "EventKey": "MENU_A"}
+    assert dedupe_key(retried) == dedupe_key(original) == "event:u:5:click:MENU_A"
+
+
+def test_two_clicks_of_one_user_at_the_same_second_each_get_their_own_reply(wechat, redis_server):
+    import uuid
+
+    from simulator.messages import event_message
+    from tests.conftest import runs
+
+    sim = wechat("plain")
+    user, created = f"o_clicks_{uuid.uuid4().hex[:12]}", 1409735668
+    first = sim.event("CLICK", "MENU_A", user=user, CreateTime=created)
+    # Another menu entry in the same second: the counting bot answers it with its fallback.
+    second = sim.event("CLICK", "MENU_OTHER", user=user, CreateTime=created)
+    assert (first.text, second.text) == ("clicked A", "fallback: event")
+    # WeChat's retry of the first click is still the first click: its cached reply, not a second run.
+    params, body = sim.build_request(
+        event_message("CLICK", "MENU_A", user=user, account=sim.account, CreateTime=created)
+    )
+    assert sim.deliver(params, body).text == "clicked A"
+    assert runs(redis_server, f"event:{user}:{created}:click:MENU_A") == 1
+    assert runs(redis_server, f"event:{user}:{created}:click:MENU_OTHER") == 1

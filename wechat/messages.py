@@ -46,11 +46,13 @@ def dedupe_key(fields: dict[str, Any]) -> str:
     # Events carry no MsgId; the job events' MsgID is a job id, not a message id.
     if msg_id and get_text(fields, "MsgType").lower() != "event":
         return f"msg:{msg_id}"
-    # WeChat's rule is sender + time; the event name is added because one user
-    # can trigger two events in one second (subscribe, then LOCATION), and a
-    # retry always repeats its own name.
+    # WeChat's rule is sender + time; the event name and EventKey are added
+    # because one user can trigger two events in one second (subscribe, then
+    # LOCATION; or two menu clicks with different keys), and a retry always
+    # repeats its own name and key. EventKey is '' when absent.
     sender, created = get_text(fields, "FromUserName"), get_text(fields, "CreateTime")
-    return f"event:{sender}:{created}:{get_text(fields, 'Event').lower()}"
+    event, event_key = get_text(fields, "Event").lower(), get_text(fields, "EventKey")
+    return f"event:{sender}:{created}:{event}:{event_key}"
 
 
 class BaseMessage:
