@@ -40,7 +40,7 @@ DROPPED = -2
 
 @dataclass(frozen=True)
 class SendAttempt:
-    """One POST to custom/send, accepted or not; `body` is the raw bytes received."""
+    """One POST to custom/send, accepted or not (errcode DROPPED: left unanswered); `body` is the raw bytes."""
 
     access_token: str
     body: bytes
@@ -86,6 +86,7 @@ class FakeWeChatAPI:
     def stop(self) -> None:
         if self._server is None or self._thread is None:
             return
+        # A held request would otherwise keep its client waiting forever.
         self.release_tokens()
         self._server.shutdown()
         self._server.server_close()
@@ -113,6 +114,7 @@ class FakeWeChatAPI:
 
     @property
     def send_attempts(self) -> list[SendAttempt]:
+        """Every send received, answered or dropped, in arrival order."""
         with self._changed:
             return list(self._send_attempts)
 
@@ -132,19 +134,27 @@ class FakeWeChatAPI:
             self._tokens_held = True
 
     def release_tokens(self) -> None:
+        """Let held token requests through, and later ones straight away."""
         with self._changed:
             self._tokens_held = False
             self._changed.notify_all()
 
     def drop_next(self, count: int = 1) -> None:
-        """Close the connection of the next `count` sends unanswered (recorded with errcode DROPPED)."""
+        """Close the next `count` sends' connections unanswered, before any check (recorded as DROPPED)."""
         with self._changed:
             self._drops += count
 
     def fail_next(self, errcode: int, count: int = 1) -> None:
-        """Answer the next `count` authenticated sends with `errcode` (45015, 45047…)."""
+        """Answer the next `count` authenticated sends with `errcode` (-1 busy, 45015, 45047, 48001…)."""
         with self._changed:
             self._failures.extend([errcode] * count)
+
+    def reset_failures(self) -> None:
+        """Forget the pending `fail_next` and `drop_next` faults."""
+        with self._changed:
+            self._failures.clear()
+            self._drops = 0
+            self._changed.notify_all()
 
     def expire_tokens(self) -> None:
         """Expire every issued token: the next send with one gets 42001."""
@@ -160,10 +170,13 @@ class FakeWeChatAPI:
 
     def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
         with self._changed:
-            self._tokens_waiting += 1
-            self._changed.notify_all()
-            self._changed.wait_for(lambda: not self._tokens_held)
-            self._tokens_waiting -= 1
+            # Only held requests count as waiting, so a test can wait for the count it expects.
+            if self._tokens_held:
+                self._tokens_waiting += 1
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: not self._tokens_held)
+                self._tokens_waiting -= 1
+                self._changed.notify_all()
         if query.get("grant_type") != "client_credential":
             return _error(40002)
         if query.get("appid") != self.appid:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from simulator.api import FakeWeChatAPI
+from simulator.api import DROPPED, FakeWeChatAPI
 
 APPID = "wx_test_appid"
 SECRET = "test_secret"
@@ -30,8 +30,8 @@ def send(api: FakeWeChatAPI, token: str, payload: dict) -> dict:
     return httpx.post(url, params={"access_token": token}, json=payload, trust_env=False).json()
 
 
-def text_payload(content: str) -> dict:
-    return {"touser": "o_user", "msgtype": "text", "text": {"content": content}}
+def text_payload(content: str, user: str = "o_user") -> dict:
+    return {"touser": user, "msgtype": "text", "text": {"content": content}}
 
 
 def test_token_flow_issues_unique_tokens_and_counts_fetches(api: FakeWeChatAPI) -> None:
@@ -100,23 +100,92 @@ def test_wait_for_wakes_on_a_send_from_another_thread(api: FakeWeChatAPI) -> Non
         api.wait_for(lambda fake: len(fake.messages) == 2, timeout=0.05)
 
 
+def test_wechats_busy_and_unauthorized_answers_have_their_errmsg(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    api.fail_next(-1)
+    api.fail_next(48001)
+
+    assert send(api, token, text_payload("1")) == {"errcode": -1, "errmsg": "system error"}
+    assert send(api, token, text_payload("2")) == {"errcode": 48001, "errmsg": "api unauthorized"}
+    assert send(api, token, text_payload("3"))["errcode"] == 0
+
+
 def test_held_token_requests_wait_until_released(api: FakeWeChatAPI) -> None:
     api.hold_tokens()
     answers: list[dict] = []
-    fetcher = threading.Thread(target=lambda: answers.append(fetch_token(api)))
-    fetcher.start()
-    api.wait_for(lambda fake: fake.token_requests_waiting == 1, timeout=5.0)
+    fetchers = [threading.Thread(target=lambda: answers.append(fetch_token(api))) for _ in range(2)]
+    for fetcher in fetchers:
+        fetcher.start()
+    api.wait_for(lambda fake: fake.token_requests_waiting == 2, timeout=5.0)
     assert answers == [] and api.token_requests == 0
+
     api.release_tokens()
-    fetcher.join()
-    assert "access_token" in answers[0] and api.token_requests_waiting == 0
+    for fetcher in fetchers:
+        fetcher.join(timeout=5.0)
+
+    assert [("access_token" in answer) for answer in answers] == [True, True]
+    assert api.token_requests_waiting == 0 and api.token_requests == 2
+    # Released: later requests are not held.
+    assert "access_token" in fetch_token(api)
 
 
-def test_a_dropped_send_gets_no_answer_and_is_recorded(api: FakeWeChatAPI) -> None:
+def test_stop_lets_held_token_requests_go() -> None:
+    fake = FakeWeChatAPI(appid=APPID, secret=SECRET)
+    fake.start()
+    fake.hold_tokens()
+    url = f"{fake.base_url}/cgi-bin/token"
+    outcomes: list[object] = []
+
+    def fetch() -> None:
+        try:
+            outcomes.append(httpx.get(url, params={"appid": APPID}, trust_env=False, timeout=10.0).status_code)
+        except httpx.TransportError as error:
+            outcomes.append(error)
+
+    fetcher = threading.Thread(target=fetch)
+    fetcher.start()
+    fake.wait_for(lambda f: f.token_requests_waiting == 1, timeout=5.0)
+    stopper = threading.Thread(target=fake.stop)
+    stopper.start()
+    stopper.join(timeout=5.0)
+    fetcher.join(timeout=5.0)
+
+    assert not stopper.is_alive() and not fetcher.is_alive()
+    assert len(outcomes) == 1 and fake.token_requests_waiting == 0
+
+
+def test_dropped_sends_get_no_answer_and_are_recorded(api: FakeWeChatAPI) -> None:
     token = fetch_token(api)["access_token"]
-    api.drop_next()
-    with pytest.raises(httpx.TransportError):
-        send(api, token, text_payload("lost in transit"))
-    assert [a.errcode for a in api.send_attempts] == [-2] and api.messages == []
+    api.drop_next(count=2)
+
+    for n in range(2):
+        with pytest.raises(httpx.TransportError):
+            send(api, token, text_payload(f"lost {n}"))
+
+    assert [a.errcode for a in api.send_attempts] == [DROPPED, DROPPED] and api.messages == []
     assert send(api, token, text_payload("again"))["errcode"] == 0
-    assert api.sends_to("o_user") == [text_payload("again")] and api.sends_to("o_other") == []
+    assert api.messages == [text_payload("again")]
+
+
+def test_sends_to_lists_one_users_accepted_payloads_in_order(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    send(api, token, text_payload("a1", user="o_a"))
+    send(api, token, text_payload("b1", user="o_b"))
+    api.fail_next(45015)
+    send(api, token, text_payload("refused", user="o_a"))
+    send(api, token, text_payload("a2", user="o_a"))
+
+    assert api.sends_to("o_a") == [text_payload("a1", user="o_a"), text_payload("a2", user="o_a")]
+    assert api.sends_to("o_b") == [text_payload("b1", user="o_b")]
+    assert api.sends_to("o_nobody") == []
+
+
+def test_reset_failures_forgets_pending_errors_and_drops(api: FakeWeChatAPI) -> None:
+    token = fetch_token(api)["access_token"]
+    api.fail_next(-1, count=3)
+    api.drop_next(count=2)
+
+    api.reset_failures()
+
+    assert send(api, token, text_payload("hi")) == {"errcode": 0, "errmsg": "ok"}
+    assert [a.errcode for a in api.send_attempts] == [0]
