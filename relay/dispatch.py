@@ -81,7 +81,7 @@ class Dispatcher:
             if claim is None:
                 return Outcome("", "spooled")
             if claim.state in ledger.REPLY_READY:
-                return await self._take(dedupe_key, claim.reply, "cached")
+                return await self._take(dedupe_key, xml, claim.reply, "cached")
             if claim.state in ledger.GONE_LATE:
                 return Outcome("", "late")
             last = claim.deliveries >= self._settings.deliveries
@@ -90,7 +90,7 @@ class Dispatcher:
         finally:
             self._listener.forget(dedupe_key, waiter)
         if reply is not None:
-            return await self._take(dedupe_key, reply, "passive")
+            return await self._take(dedupe_key, xml, reply, "passive")
         if hung_up.is_set():
             # The sweep hands the reply to the late path if no delivery comes back for it.
             return Outcome(None, "dropped")
@@ -136,15 +136,17 @@ class Dispatcher:
         finally:
             self.held.discard(dedupe_key)
 
-    async def _take(self, dedupe_key: str, reply: str, how: str) -> Outcome:
+    async def _take(self, dedupe_key: str, xml: str, reply: str, how: str) -> Outcome:
         try:
             state = await self._broker.take(dedupe_key)
+            if state in ledger.REPLY_READY:
+                return Outcome(reply, how)
+            if state == ledger.MISSING:
+                # Redis lost the record with its reply: run the message again, late.
+                await self._broker.claim(dedupe_key, xml, answered=True)
         except RedisError as exc:
             # Unrecorded, a written reply could also go late: leave it to the late path.
             self._failed(exc)
-            return Outcome("", "success")
-        if state in ledger.REPLY_READY:
-            return Outcome(reply, how)
         return Outcome("", "late")
 
     def _failed(self, exc: RedisError) -> None:
