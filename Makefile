@@ -19,6 +19,8 @@ help:
 	@echo "make stop     stop everything make run started"
 	@echo "make test     the test suite"
 	@echo "make bench    the appliance under load beside the designs it replaces (QUICK=1: under 2 min)"
+	@echo "make soak     300 msg/s for 10 minutes, Redis memory watched (RATE=, MINUTES=)"
+	@echo "make chaos    rehearse the faults (workers, relays, Redis killed; Redis down, full) and print the table"
 	@echo "make deploy   provision a VPS with Ansible: make deploy INVENTORY=path (README: Deploy to a VPS)"
 	@echo "make rehearse the whole deploy against a fresh Debian 12 container (root, systemd-nspawn)"
 	@echo "make lint     yamllint, ansible-lint and a syntax check of the playbook"

@@ -21,3 +21,14 @@ $(BENCH_STAMP): $(BENCH_LOCK) | $(BENCH_VENV)
 	@echo "installing the benchmark's dependencies into $(VENV)"
 	@$(PY) -m pip install -q --disable-pip-version-check -r $(BENCH_LOCK)
 	@rm -f $(VENV)/.bench-* && touch $@
+
+# `make soak [RATE=300] [MINUTES=10]`: a steady load through the whole local
+# appliance with Redis memory watched, and the ledger checked for leftovers.
+.PHONY: soak
+RATE ?= 300
+MINUTES ?= 10
+
+soak: $(BENCH_VENV) bench-deps
+	@sh deploy/local/install-packages.sh
+	@command -v wrk >/dev/null 2>&1 || { echo "wxrelay: make soak needs wrk: apt-get install -y wrk" >&2; exit 1; }
+	@$(PY) -m bench.soak --rate $(RATE) --minutes $(MINUTES)
