@@ -14,7 +14,8 @@ from kombu.transport import redis as kombu_redis
 from common.settings import Settings
 
 settings = Settings.from_env()
-# Where kombu's Redis transport records when each unacknowledged message was taken.
+# Where kombu's Redis transport keeps each unacknowledged message, and when it was taken.
+UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 
 app = Celery("wxrelay", broker=settings.redis_url, backend=settings.redis_url)
@@ -41,6 +42,7 @@ app.conf.update(
         # Unacknowledged messages of a dead worker come back after this long;
         # a live worker renews it for every message it holds (appserver/lease.py).
         "visibility_timeout": settings.lease,
+        "unacked_key": UNACKED,
         "unacked_index_key": UNACKED_INDEX,
         # kombu looks for such messages every 100 s by default; a user
         # waiting on WeChat deserves a look every few seconds (one cheap

@@ -9,14 +9,14 @@ from functools import cache
 from redis.commands.core import Script
 
 from appserver import background
-from appserver.app import settings
+from appserver.app import UNACKED, settings
 from appserver.connection import client
 from appserver.tasks import queue_late
 from common import ledger
 
 INTERVAL = 1.0
 BATCH = 100
-SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout)
+SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, settings.lease)
 
 
 @cache
@@ -28,7 +28,8 @@ def sweep(_: str = "") -> int:
     """Queue the late send of everything due now; returns how many."""
     queued = 0
     while True:
-        owed = _sweep_due()(keys=[ledger.DUE_KEY], args=[ledger.RECORD_PREFIX, BATCH, SETTLED_TTL])
+        args = [ledger.RECORD_PREFIX, BATCH, SETTLED_TTL, settings.queue, UNACKED]
+        owed = _sweep_due()(keys=[ledger.DUE_KEY], args=args)
         for key in owed:
             queue_late(key.decode())
         queued += len(owed)

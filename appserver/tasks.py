@@ -27,7 +27,7 @@ DELIVER = "wxrelay.deliver"
 # Backoff of a late send WeChat could not take (network, busy -1): about six
 # minutes in all, well inside the 48 hours WeChat allows a reply.
 RETRY_DELAYS = (2, 4, 8, 16, 32, 60, 60, 60, 60, 60)
-SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout)
+SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, settings.lease)
 
 
 @cache

@@ -49,6 +49,17 @@ MAY_RUN = (PENDING, ABANDONED, MISSING)
 # How long a reply owed late may wait for its task before the sweep offers
 # it again (a worker killed between storing it and queueing the send).
 LATE_LEASE = 10
+# kombu looks for expired leases every 2 s (appserver/app.py); past a lease by
+# this much, an unacknowledged message is back on the queue.
+RESTORE_MARGIN = 5
+# How often the sweep looks again at a message whose handler has not stored a
+# reply yet: a worker that dies between taking the task from the queue and
+# recording it as unacknowledged loses it (kombu writes the two apart), and
+# then only the ledger, which kept the task, can queue it again.
+RECHECK = 20
+# How far from the queue's oldest end the sweep looks for a task before it
+# takes it for queued (a backlog that long is waiting, not lost).
+QUEUE_SCAN = 10000
 
 
 def record_key(dedupe_key: str) -> str:
@@ -74,14 +85,17 @@ def due_after(deliveries: int, wechat_timeout: float) -> float:
     return deliveries * wechat_timeout + 1.0
 
 
-def settle_ttl(deliveries: int, wechat_timeout: float) -> int:
-    """How long a settled record still dedupes: WeChat's whole retry window."""
-    return int(deliveries * wechat_timeout) + 5
+def settle_ttl(deliveries: int, wechat_timeout: float, lease: int) -> int:
+    """How long a settled record still dedupes: WeChat's whole retry window, and
+    longer than a task whose ack was lost (Redis blipped) takes to come back
+    from kombu (a lease and its restore scan), so that it finds its answer."""
+    return int(max(deliveries * wechat_timeout, lease + RESTORE_MARGIN)) + 5
 
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
-# KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key.
+# KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key, delivery tag.
+# The record keeps its task until a reply is stored, for the sweep to queue again should it be lost.
 # A new message is recorded, its task queued and its due time set in one
 # step: no relay crash can leave a claimed message without a task, or queue a
 # task twice. A retry counts its delivery and takes a reply that is ready.
@@ -93,7 +107,7 @@ CLAIM = (
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local state = 'pending'
   if ARGV[4] == '1' then state = 'abandoned' end
-  redis.call('HSET', KEYS[1], 'state', state, 'deliveries', 1)
+  redis.call('HSET', KEYS[1], 'state', state, 'deliveries', 1, 'task', ARGV[2], 'tag', ARGV[6])
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('LPUSH', KEYS[2], ARGV[2])
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[5])
@@ -123,10 +137,12 @@ COMPLETE = (
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'pending' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'reply', ARGV[1], 'cs', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'task', 'tag')
   redis.call('PUBLISH', ARGV[3], ARGV[4])
   return 'done'
 end
 if state == 'abandoned' or state == false then
+  redis.call('HDEL', KEYS[1], 'task', 'tag')
   if ARGV[2] == '' then
     redis.call('HSET', KEYS[1], 'state', 'silent')
     redis.call('ZREM', KEYS[2], ARGV[6])
@@ -176,19 +192,25 @@ end
 return {state or 'missing', ''}
 """
 
-# KEYS: due. ARGV: record prefix, how many, settled ttl.
+# KEYS: due. ARGV: record prefix, how many, settled ttl, queue, unacked hash.
 # The sweep: what is due and still owed. A reply no delivery took goes late;
 # a late reply whose task has not begun is offered again; a message still
-# running is abandoned (its reply will go late when it completes). Returns
-# the keys whose late send the caller must queue. (Records are addressed by
-# prefix, not passed as KEYS: the set's members are only known in here.)
+# without a reply is abandoned (its reply will go late when it completes) and
+# looked at again every RECHECK seconds: if its task is neither queued nor
+# held by a worker (unacknowledged), it was lost with a dying worker and is
+# queued again. Returns the keys whose late send the caller must queue.
+# (Records are addressed by prefix, not passed as KEYS: the set's members are
+# only known in here.)
 SWEEP_DUE = (
-    _NOW
-    + """
+    (
+        _NOW
+        + """
 local owed = {}
+-- Past that length a task not found near the oldest end may still be queued.
+local scannable = redis.call('LLEN', ARGV[4]) <= $QUEUE_SCAN
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
   local record = ARGV[1] .. key
-  local found = redis.call('HMGET', record, 'state', 'cs')
+  local found = redis.call('HMGET', record, 'state', 'cs', 'task', 'tag')
   local state = found[1]
   if state == 'done' and (found[2] == false or found[2] == '') then
     redis.call('HSET', record, 'state', 'silent')
@@ -198,14 +220,24 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
     redis.call('HSET', record, 'state', 'late')
     redis.call('ZADD', KEYS[1], now + $LATE_LEASE, key)
     table.insert(owed, key)
+  elseif state == 'pending' or state == 'abandoned' then
+    redis.call('HSET', record, 'state', 'abandoned')
+    redis.call('ZADD', KEYS[1], now + $RECHECK, key)
+    if scannable and found[3] and redis.call('HEXISTS', ARGV[5], found[4]) == 0
+        and not redis.call('LPOS', ARGV[4], found[3], 'RANK', -1, 'MAXLEN', $QUEUE_SCAN) then
+      redis.call('LPUSH', ARGV[4], found[3])
+    end
   else
-    if state == 'pending' then redis.call('HSET', record, 'state', 'abandoned') end
     redis.call('ZREM', KEYS[1], key)
   end
 end
 return owed
 """
-).replace("$LATE_LEASE", str(LATE_LEASE))
+    )
+    .replace("$LATE_LEASE", str(LATE_LEASE))
+    .replace("$RECHECK", str(RECHECK))
+    .replace("$QUEUE_SCAN", str(QUEUE_SCAN))
+)
 
 # KEYS: record, due. ARGV: dedupe key. The one late send of a message
 # begins: returns the state before and, when this caller now owns the send,

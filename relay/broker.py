@@ -4,6 +4,7 @@ blocks the IOLoop."""
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -33,7 +34,7 @@ class Broker:
         self._queue = settings.queue
         self._ttl = settings.dedupe_ttl
         self._due_after = ledger.due_after(settings.deliveries, settings.wechat_timeout)
-        self._settled = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout)
+        self._settled = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, settings.lease)
         self._claim = Script(ledger.CLAIM)
         self._take = Script(ledger.TAKE)
         self._abandon = Script(ledger.ABANDON)
@@ -42,9 +43,11 @@ class Broker:
         """Count this delivery; the first one also queues the task, atomically.
 
         `answered`: a spooled message whose delivery was answered `success`."""
-        message = task_message(HANDLE_TASK, [xml, dedupe_key], self._queue)
+        # The ledger keeps the tag: by it the sweep tells a task a worker holds from one lost.
+        tag = str(uuid.uuid4())
+        message = task_message(HANDLE_TASK, [xml, dedupe_key], self._queue, delivery_tag=tag)
         keys = [ledger.record_key(dedupe_key), self._queue, ledger.DUE_KEY]
-        args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key]
+        args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key, tag]
         state, deliveries, reply = await self.ledger.evalsha(self._claim, keys, args)
         return Claim(state, int(deliveries), reply)
 

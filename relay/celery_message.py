@@ -25,6 +25,7 @@ def task_message(
     queue: str,
     task_id: str | None = None,
     eta: datetime | None = None,
+    delivery_tag: str | None = None,
 ) -> str:
     """The JSON string to LPUSH onto the queue's list."""
     task_id = task_id or str(uuid.uuid4())
@@ -61,7 +62,7 @@ def task_message(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": delivery_tag or str(uuid.uuid4()),
         },
     }
     return json.dumps(envelope)

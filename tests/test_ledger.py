@@ -10,7 +10,6 @@ import redis
 from common import ledger
 
 TTL, SETTLED = 600, 20
-QUEUE = "ledger-test-queue"
 
 
 class Ledger:
@@ -20,14 +19,17 @@ class Ledger:
         self.client = client
         self.key = f"test:{uuid.uuid4().hex}"
         self.record = ledger.record_key(self.key)
+        self.queue, self.unacked, self.tag = f"{self.key}:queue", f"{self.key}:unacked", f"tag-{self.key}"
+        self.task = f"task of {self.key}"
 
     def run(self, source: str, keys: list[str], args: list[object]) -> object:
         result = self.client.register_script(source)(keys=keys, args=args)
         return _decode(result)
 
     def claim(self, answered: bool = False, due_after: float = 30) -> list[object]:
-        keys = [self.record, QUEUE, ledger.DUE_KEY]
-        return self.run(ledger.CLAIM, keys, [TTL, "task", due_after, int(answered), self.key])  # type: ignore[return-value]
+        keys = [self.record, self.queue, ledger.DUE_KEY]
+        args = [TTL, self.task, due_after, int(answered), self.key, self.tag]
+        return self.run(ledger.CLAIM, keys, args)  # type: ignore[return-value]
 
     def complete(self, reply: str = "<xml/>", cs: str = '{"touser": "u"}') -> str:
         args = [reply, cs, "test:channel", "notice", TTL, self.key]
@@ -50,7 +52,8 @@ class Ledger:
         self.client.zadd(ledger.DUE_KEY, {self.key: 0})
 
     def sweep(self) -> list[str]:
-        owed = self.run(ledger.SWEEP_DUE, [ledger.DUE_KEY], [ledger.RECORD_PREFIX, 1000, SETTLED])
+        args = [ledger.RECORD_PREFIX, 1000, SETTLED, self.queue, self.unacked]
+        owed = self.run(ledger.SWEEP_DUE, [ledger.DUE_KEY], args)
         return [key for key in owed if key == self.key]  # type: ignore[union-attr]
 
     @property
@@ -80,7 +83,7 @@ def test_a_claim_records_queues_and_sets_the_due_time_once(book):
     assert book.claim() == ["new", 1, ""]
     assert book.state == "pending" and book.due is not None
     assert book.claim()[:2] == ["pending", 2]
-    assert book.client.lrange(QUEUE, 0, -1).count(b"task") >= 1
+    assert book.client.lrange(book.queue, 0, -1) == [book.task.encode()]
 
 
 def test_a_passive_reply_is_taken_once_and_the_record_then_lives_only_the_retry_window(book):
@@ -170,3 +173,24 @@ def test_a_replayed_spooled_message_starts_abandoned_and_a_known_one_is_left_alo
     assert book.state == "abandoned"
     assert book.claim(answered=True) == ["replayed", 0, ""]
     assert book.complete() == "late"
+
+
+def test_a_task_lost_with_its_worker_is_queued_again_and_one_held_or_queued_is_not(book):
+    book.claim()
+    book.make_due()
+    # Still queued: left alone, looked at again later.
+    assert book.sweep() == [] and book.state == "abandoned" and book.due is not None
+    assert book.client.llen(book.queue) == 1
+    # Taken by a worker that recorded it as unacknowledged: held, left alone.
+    book.client.rpop(book.queue)
+    book.client.hset(book.unacked, book.tag, "held")
+    book.make_due()
+    assert book.sweep() == [] and book.client.llen(book.queue) == 0
+    # Taken by a worker that died before recording it: nowhere but in the ledger.
+    book.client.hdel(book.unacked, book.tag)
+    book.make_due()
+    book.sweep()
+    assert book.client.lrange(book.queue, 0, -1) == [book.task.encode()]
+    # Once a reply is stored the ledger lets go of the task.
+    assert book.complete() == "late"
+    assert book.client.hget(book.record, "task") is None
