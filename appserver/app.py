@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 
 from common.settings import Settings
 
@@ -88,6 +89,24 @@ kombu_redis.Channel.conn_or_acquire = _channel_client
 # the handlers of those messages still run here, which would run them twice.
 # The lease gives back what a worker really let go of (appserver/lease.py).
 kombu_redis.Channel.do_restore = False
+
+_record_unacked = kombu_redis.QoS.append
+
+
+def _append_even_when_full(qos: Any, message: Any, delivery_tag: str) -> None:
+    """kombu records a message it took from the queue as unacknowledged (ZADD +
+    HSET) after BRPOP; a Redis at maxmemory refuses that write, and kombu lets
+    the error end the worker, with every handler it runs. The message is in
+    hand: keep it in the worker's own bookkeeping and run it. Should the worker
+    die before it is answered, the ledger's sweep queues it again."""
+    try:
+        _record_unacked(qos, message, delivery_tag)
+    except redis.exceptions.OutOfMemoryError as exc:
+        logging.getLogger("wxrelay.appserver").warning("Redis is full, a message runs unrecorded by kombu: %s", exc)
+        kombu_virtual.QoS.append(qos, message, delivery_tag)
+
+
+kombu_redis.QoS.append = _append_even_when_full
 
 # Celery logs two INFO lines for every task ("received", "succeeded"): at
 # hundreds of messages a second they cost the worker more CPU than running the

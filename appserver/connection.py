@@ -30,7 +30,8 @@ def client() -> redis.Redis:
 
 def _outage(exc: redis.RedisError) -> bool:
     """Redis unreachable or full: worth waiting for. Anything else is a bug."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    # redis-py strips the error code from the text: the types say what it was.
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.exceptions.OutOfMemoryError):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(("OOM", "LOADING", "BUSY"))
 

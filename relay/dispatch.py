@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from common import ledger
 from common.settings import Settings
@@ -47,8 +47,7 @@ class Outcome:
 
 def ledger_error_reason(exc: BaseException) -> str:
     """down | timeout | full: what the operator reads in metrics and /healthz."""
-    text = str(exc)
-    if text.startswith("OOM"):
+    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
         return "full"
     if "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
         return "timeout"
