@@ -14,9 +14,16 @@ unanswered within `timeout` a TimeoutError (all RedisError); a lost
 connection fails the calls in flight and the next call connects again.
 
 What redis-py gives every connection this one has too: a deadline on every
-call (one timer for the whole connection, armed for the oldest call still
-waiting: replies come in order, so the oldest is the one that is late),
-TCP keepalive, and redis://, rediss:// (TLS) and unix:// URLs.
+call, TCP keepalive and TCP_NODELAY, and redis://, rediss:// (TLS) and
+unix:// URLs with redis-py's query options (db, password, ssl_*); any other
+URL is refused when the object is made, so a relay does not start with it.
+
+The deadline costs a clock read per write, nothing per call. Replies come
+in order, so the oldest call waiting is the one that is late: each write
+records its deadline, and one timer per connection, armed for the oldest
+write not fully answered, checks it. A call that times out closes the
+connection, failing the others in flight: its reply, should it come, would
+be taken for the next call's.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from redis.connection import parse_url
 from redis.exceptions import ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# A peer that vanished without a word is noticed within a minute, not hours.
+_SCHEMES = ("redis", "rediss", "unix")
+# A peer that vanished without a word is noticed within a minute, not at the kernel's default two hours.
 _KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -66,10 +74,15 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if owner._protocol is not self:  # given up on (timed out, closed): its replies answer no one now
+            return
         self.reader.feed(data)
-        waiting = self.owner.waiting
+        waiting = owner.waiting
+        # A reply nobody asked for (IndexError) or garbage (hiredis.ProtocolError) makes asyncio
+        # close the transport, and connection_lost fails the calls: the stream is out of step.
         while (reply := self.reader.gets()) is not False:
-            future, _ = waiting.popleft()
+            future = waiting.popleft()
             if not future.done():
                 future.set_result(reply)
 
@@ -81,14 +94,18 @@ class PipelinedRedis:
     """One connection; the commands of many coroutines written together."""
 
     def __init__(self, url: str, connect_timeout: float = 2.0, timeout: float = 1.0) -> None:
-        try:
-            options = parse_url(url)
-        except ValueError as exc:
-            raise ValueError(f"{url.partition('://')[0]}:// is not a Redis URL the relay supports: {exc}") from None
-        self._path: str | None = options.get("path")
-        self._host = options.get("host", "127.0.0.1")
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme not in _SCHEMES:
+            # Only the scheme is named: the rest of a URL may hold a password.
+            named = f"{scheme}://" if sep else "a URL without a scheme"
+            raise ValueError(f"Redis URL scheme {named} is not supported: use redis://, rediss:// (TLS) or unix://")
+        options = parse_url(url)
+        self._path: str | None = options.get("path") if scheme == "unix" else None
+        if scheme == "unix" and not self._path:
+            raise ValueError("unix:// Redis URL names no socket path: unix:///path/to/redis.sock")
+        self._host: str = options.get("host", "127.0.0.1")
         self._port = int(options.get("port", 6379))
-        self._ssl = _tls_context(options) if url.startswith("rediss://") else None
+        self._ssl = _tls_context(options) if scheme == "rediss" else None
         self._setup: list[tuple[Any, ...]] = []
         if options.get("password"):
             user = options.get("username")
@@ -97,13 +114,17 @@ class PipelinedRedis:
             self._setup.append(("SELECT", int(options["db"])))
         self._connect_timeout = connect_timeout
         self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
-        # Commands for the current connection not written yet; lost() empties it.
+        # The current connection's state, which lost() resets. Calls waiting for a reply, oldest first:
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        # ... their commands not written yet ...
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
-        # Each call waiting for its reply, with its deadline, oldest first.
-        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # ... how many calls were written, and per write (calls written by its end, its deadline).
+        self._written = 0
+        self._writes: deque[tuple[int, float]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
 
     @property
@@ -123,7 +144,7 @@ class PipelinedRedis:
 
     async def call(self, *args: Any) -> Any:
         protocol = self._protocol or await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()  # type: ignore[union-attr]
         self._send(protocol, future, _pack(args))
         reply = await future
         if isinstance(reply, ResponseError):
@@ -132,44 +153,52 @@ class PipelinedRedis:
 
     def _send(self, protocol: _Protocol, future: asyncio.Future[Any], command: bytes) -> None:
         if protocol is not self._protocol:  # lost while this call waited to connect
-            future.set_exception(ConnectionError("connection to Redis lost"))
+            future.set_exception(ConnectionError(f"connection to Redis at {self.address} lost"))
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        self.waiting.append((future, deadline))
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(deadline, self._check_deadline)
+        self.waiting.append(future)
         self._buffer.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
-
-    def _check_deadline(self) -> None:
-        """The oldest call waiting is past its deadline: the connection is stuck."""
-        self._watchdog = None
-        if not self.waiting:
-            return
-        future, deadline = self.waiting[0]
-        loop = asyncio.get_running_loop()
-        if loop.time() < deadline:
-            self._watchdog = loop.call_at(deadline, self._check_deadline)
-            return
-        protocol = self._protocol
-        if not future.done():
-            future.set_exception(RedisTimeoutError(f"Redis at {self.address} did not answer within {self._timeout} s"))
-        # Its reply, should it come, would be taken for the next call's: start afresh.
-        if protocol is not None:
-            self.lost(protocol, RedisTimeoutError("a call timed out"))
-            if protocol.transport is not None:
-                protocol.transport.abort()
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         """Write what this IOLoop turn asked for, in one go."""
         self._flush_scheduled = False
-        data, self._buffer = b"".join(self._buffer), []
         protocol = self._protocol
-        if data and protocol is not None and protocol.transport is not None:
-            protocol.transport.write(data)
+        if not self._buffer or protocol is None or protocol.transport is None:
+            return
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+        self._written += len(self._buffer)
+        data, self._buffer = b"".join(self._buffer), []
+        deadline = loop.time() + self._timeout
+        self._writes.append((self._written, deadline))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
+        protocol.transport.write(data)
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        # Every call ever queued on this connection, less those waiting, were answered.
+        answered = self._written + len(self._buffer) - len(self.waiting)
+        writes = self._writes
+        while writes and writes[0][0] <= answered:
+            writes.popleft()
+        protocol = self._protocol
+        if not writes or protocol is None:
+            return
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+        deadline = writes[0][1]
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
+            return
+        # Redis frozen, or a peer gone without a FIN: the oldest call is late.
+        message = f"Redis at {self.address} did not answer within {self._timeout} s"
+        future = self.waiting[0]
+        if not future.done():
+            future.set_exception(RedisTimeoutError(message))
+        self.lost(protocol, RedisTimeoutError(message))
+        if protocol.transport is not None:
+            protocol.transport.abort()
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
@@ -182,7 +211,7 @@ class PipelinedRedis:
                 self._connecting = None
 
     async def _open(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self._path is not None:
             connecting = loop.create_unix_connection(lambda: _Protocol(self), self._path)
         else:
@@ -192,9 +221,9 @@ class PipelinedRedis:
             )  # fmt: skip
         try:
             transport, protocol = await asyncio.wait_for(connecting, self._connect_timeout)
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError (a certificate refused) is an OSError
             raise ConnectionError(f"cannot connect to Redis at {self.address}: {exc or 'timed out'}") from None
-        _keepalive(transport.get_extra_info("socket"))
+        _tune(transport.get_extra_info("socket"))
         self._protocol = protocol
         # AUTH and SELECT go first on the wire: every command after them runs authenticated.
         setup = [loop.create_future() for _ in self._setup]
@@ -212,13 +241,15 @@ class PipelinedRedis:
             return
         self._protocol = None
         self._buffer = []
+        self._written = 0
+        self._writes = deque()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
         waiting, self.waiting = self.waiting, deque()
-        for future, _ in waiting:
-            if not future.done():
-                future.set_exception(ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+        for future in waiting:
+            if not future.done():  # an exception each: one raised in many tasks would gather all their tracebacks
+                future.set_exception(ConnectionError(f"connection to Redis at {self.address} lost: {exc or 'closed'}"))
 
     def close(self) -> None:
         protocol = self._protocol
@@ -228,24 +259,26 @@ class PipelinedRedis:
             self.lost(protocol, None)
 
 
-def _keepalive(sock: socket.socket | None) -> None:
-    if sock is None or sock.family == socket.AF_UNIX:
+def _tune(sock: socket.socket | None) -> None:
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
+    # Each IOLoop turn's calls go out in one write already: Nagle would only hold it back.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in _KEEPALIVE.items():
-        if hasattr(socket, name):
+        if hasattr(socket, name):  # where the platform lacks one, its default stays
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    """The TLS a rediss:// URL asks for, with redis-py's query options."""
+    """The TLS a rediss:// URL asks for, with redis-py's query options and defaults."""
+    reqs = str(options.get("ssl_cert_reqs") or "required").lower()
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"rediss:// URL: ssl_cert_reqs must be none, optional or required, not {reqs!r}")
     context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
     if options.get("ssl_certfile"):
         context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
-    reqs = str(options.get("ssl_cert_reqs", "required")).lower()
-    if reqs not in _CERT_REQS:
-        raise ValueError(f"rediss://: ssl_cert_reqs must be none, optional or required, not {reqs!r}")
-    check_hostname = str(options.get("ssl_check_hostname", reqs != "none")).lower() in ("true", "1", "yes")
-    context.check_hostname = check_hostname and reqs != "none"
+    # parse_url made ssl_check_hostname a bool, or None when empty; a certificate not checked has no name to check.
+    context.check_hostname = options.get("ssl_check_hostname") is not False and reqs != "none"
     context.verify_mode = _CERT_REQS[reqs]
     return context
