@@ -57,9 +57,11 @@ RESTORE_MARGIN = 5
 # recording it as unacknowledged loses it (kombu writes the two apart), and
 # then only the ledger, which kept the task, can queue it again.
 RECHECK = 20
-# How far from the queue's oldest end the sweep looks for a task before it
-# takes it for queued (a backlog that long is waiting, not lost).
-QUEUE_SCAN = 10000
+# A queue longer than this is not searched for a task: it is taken for queued
+# (a backlog that long is waiting, not lost).
+QUEUE_SCAN = 1000
+# How long a task found neither queued nor held stays suspect before it is queued again.
+SUSPECT = 3
 
 
 def record_key(dedupe_key: str) -> str:
@@ -196,21 +198,31 @@ return {state or 'missing', ''}
 # The sweep: what is due and still owed. A reply no delivery took goes late;
 # a late reply whose task has not begun is offered again; a message still
 # without a reply is abandoned (its reply will go late when it completes) and
-# looked at again every RECHECK seconds: if its task is neither queued nor
-# held by a worker (unacknowledged), it was lost with a dying worker and is
-# queued again. Returns the keys whose late send the caller must queue.
-# (Records are addressed by prefix, not passed as KEYS: the set's members are
-# only known in here.)
+# looked at again every RECHECK seconds. If its task is neither held by a
+# worker (unacknowledged, by its delivery tag) nor queued (its tag in one of
+# the oldest QUEUE_SCAN tasks: kombu rewrites a task it gives back, so only
+# the tag still matches), it is suspect; still so SUSPECT seconds later (a
+# live worker records a task it took within milliseconds), it was lost with a
+# dying worker and is queued again. Returns the keys whose late send the
+# caller must queue. (Records are addressed by prefix, not passed as KEYS:
+# the set's members are only known in here.)
 SWEEP_DUE = (
-    (
-        _NOW
-        + """
+    _NOW
+    + """
 local owed = {}
--- Past that length a task not found near the oldest end may still be queued.
+-- Past that length a task not among the oldest may still be queued: never taken for lost.
 local scannable = redis.call('LLEN', ARGV[4]) <= $QUEUE_SCAN
+local oldest = nil
+local function queued(tag)
+  if oldest == nil then oldest = redis.call('LRANGE', ARGV[4], 0, -1) end
+  for _, task in ipairs(oldest) do
+    if string.find(task, tag, 1, true) then return true end
+  end
+  return false
+end
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
   local record = ARGV[1] .. key
-  local found = redis.call('HMGET', record, 'state', 'cs', 'task', 'tag')
+  local found = redis.call('HMGET', record, 'state', 'cs', 'task', 'tag', 'suspect')
   local state = found[1]
   if state == 'done' and (found[2] == false or found[2] == '') then
     redis.call('HSET', record, 'state', 'silent')
@@ -222,22 +234,34 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
     table.insert(owed, key)
   elseif state == 'pending' or state == 'abandoned' then
     redis.call('HSET', record, 'state', 'abandoned')
-    redis.call('ZADD', KEYS[1], now + $RECHECK, key)
-    if scannable and found[3] and redis.call('HEXISTS', ARGV[5], found[4]) == 0
-        and not redis.call('LPOS', ARGV[4], found[3], 'RANK', -1, 'MAXLEN', $QUEUE_SCAN) then
-      redis.call('LPUSH', ARGV[4], found[3])
+    local again = now + $RECHECK
+    if scannable and found[3] and redis.call('HEXISTS', ARGV[5], found[4]) == 0 and not queued(found[4]) then
+      if found[5] then
+        redis.call('LPUSH', ARGV[4], found[3])
+        redis.call('HDEL', record, 'suspect')
+      else
+        redis.call('HSET', record, 'suspect', 1)
+        again = now + $SUSPECT
+      end
+    elseif found[5] then
+      redis.call('HDEL', record, 'suspect')
     end
+    redis.call('ZADD', KEYS[1], again, key)
   else
     redis.call('ZREM', KEYS[1], key)
   end
 end
 return owed
 """
-    )
-    .replace("$LATE_LEASE", str(LATE_LEASE))
-    .replace("$RECHECK", str(RECHECK))
-    .replace("$QUEUE_SCAN", str(QUEUE_SCAN))
 )
+for _name, _value in {
+    "LATE_LEASE": LATE_LEASE,
+    "RECHECK": RECHECK,
+    "SUSPECT": SUSPECT,
+    "QUEUE_SCAN": QUEUE_SCAN,
+}.items():
+    SWEEP_DUE = SWEEP_DUE.replace("$" + _name, str(_value))
+del _name, _value
 
 # KEYS: record, due. ARGV: dedupe key. The one late send of a message
 # begins: returns the state before and, when this caller now owns the send,

@@ -181,16 +181,38 @@ def test_a_task_lost_with_its_worker_is_queued_again_and_one_held_or_queued_is_n
     # Still queued: left alone, looked at again later.
     assert book.sweep() == [] and book.state == "abandoned" and book.due is not None
     assert book.client.llen(book.queue) == 1
+    # Given back by kombu, rewritten (redelivered) but with its tag: still queued.
+    book.client.lset(book.queue, 0, f"redelivered {book.task} {book.tag}")
+    book.make_due()
+    book.sweep()
+    assert book.client.llen(book.queue) == 1 and book.client.hget(book.record, "suspect") is None
     # Taken by a worker that recorded it as unacknowledged: held, left alone.
     book.client.rpop(book.queue)
     book.client.hset(book.unacked, book.tag, "held")
     book.make_due()
     assert book.sweep() == [] and book.client.llen(book.queue) == 0
     # Taken by a worker that died before recording it: nowhere but in the ledger.
+    # Suspect first (a live worker records it within milliseconds), then queued again.
     book.client.hdel(book.unacked, book.tag)
     book.make_due()
     book.sweep()
+    assert book.client.llen(book.queue) == 0 and book.client.hget(book.record, "suspect") == b"1"
+    book.make_due()
+    book.sweep()
     assert book.client.lrange(book.queue, 0, -1) == [book.task.encode()]
+    assert book.client.hget(book.record, "suspect") is None
     # Once a reply is stored the ledger lets go of the task.
     assert book.complete() == "late"
     assert book.client.hget(book.record, "task") is None
+
+
+def test_a_suspect_found_held_on_the_second_look_is_not_queued_again(book):
+    book.claim()
+    book.client.rpop(book.queue)
+    book.make_due()
+    book.sweep()
+    assert book.client.hget(book.record, "suspect") == b"1"
+    book.client.hset(book.unacked, book.tag, "held")  # the worker was alive, only a moment slow
+    book.make_due()
+    book.sweep()
+    assert book.client.llen(book.queue) == 0 and book.client.hget(book.record, "suspect") is None
