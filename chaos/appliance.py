@@ -1,0 +1,303 @@
+"""The rehearsal's own appliance: `python -m appliance run` in a private state
+folder, on free ports, with an env file of its own; and the faults it can suffer.
+
+Every process is found through the appliance's own supervisord and killed by
+its PID, so the rehearsal never touches a process it did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import redis
+
+from appliance.config import ROOT, Layout
+from appliance.supervisor import ProcessInfo, Supervisor
+
+T = TypeVar("T")
+
+TOKEN = "wxrelaychaos"
+APPID = "wx0c4a05rehearsal"
+BOT = "chaos/bot.py:bot"
+RELAYS = 2
+WORKERS = 2
+START_TIMEOUT = 150.0
+STOP_TIMEOUT = 200.0
+PROBE_TIMEOUT = 2.0
+QUEUE = "wxrelay"
+REDIS = "redis"
+NGINX = "nginx"
+
+
+def reply_budget(window: float) -> float:
+    """The last delivery's wait: WeChat's shipped 4.5 s of 5 s, and always inside the window."""
+    return round(max(0.8 * window, window - 0.5), 3)
+
+
+def free_port(taken: frozenset[int] | set[int] = frozenset()) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+def consecutive_free_ports(count: int, taken: set[int]) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(200):
+        first = free_port(taken)
+        wanted = range(first, first + count)
+        if set(wanted) & taken or first + count >= 65536:
+            continue
+        try:
+            for port in wanted:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no run of free ports for the relays")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something true; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except (OSError, redis.RedisError, httpx.HTTPError, xmlrpc.client.Error, ValueError):
+            value = None  # type: ignore[assignment]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class _Supervisor(Supervisor):
+    def stop_program(self, name: str) -> None:
+        self._rpc().stopProcess(name, True)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    aes_key: str
+    appsecret: str
+    redis_password: str
+
+    @classmethod
+    def fresh(cls) -> Secrets:
+        alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+        return cls(
+            "".join(secrets.choice(alphabet) for _ in range(43)), secrets.token_hex(16), "chaos" + secrets.token_hex(12)
+        )
+
+
+class Appliance:
+    """One private appliance: 2 relays, 2 workers, Redis and nginx under one supervisord."""
+
+    def __init__(self, workdir: Path, api_base: str, window: float, keys: Secrets | None = None) -> None:
+        self.workdir = workdir
+        self.layout = Layout(workdir / "state")
+        self.env_file = workdir / "chaos.env"
+        self.runs_file = self.layout.state_dir / "chaos-runs"
+        self.api_base = api_base
+        self.window = window
+        self.budget = reply_budget(window)
+        self.secrets = keys or Secrets.fresh()
+        self.http_port = free_port()
+        self.redis_port = free_port({self.http_port})
+        self.relay_port = consecutive_free_ports(RELAYS, {self.http_port, self.redis_port})
+        self.supervisor = _Supervisor(self.layout)
+        self._redis: redis.Redis | None = None
+
+    # -- the settings ---------------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/wechat"
+
+    @property
+    def relay_ports(self) -> list[int]:
+        return [self.relay_port + n for n in range(RELAYS)]
+
+    @property
+    def aes_key(self) -> str:
+        return self.secrets.aes_key
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://:{self.secrets.redis_password}@127.0.0.1:{self.redis_port}/0"
+
+    def settings(self) -> dict[str, str]:
+        """The env file: everything at its shipped default but WeChat's window, the ports and the secrets."""
+        return {
+            "WECHAT_TOKEN": TOKEN,
+            "WECHAT_APPID": APPID,
+            "WECHAT_AES_KEY": self.secrets.aes_key,
+            "WECHAT_APPSECRET": self.secrets.appsecret,
+            "WECHAT_API_BASE": self.api_base,
+            "WXRELAY_BOT": BOT,
+            "WXRELAY_CHAOS_RUNS": str(self.runs_file),
+            "WXRELAY_WECHAT_TIMEOUT": str(self.window),
+            "WXRELAY_REPLY_BUDGET": str(self.budget),
+            "WXRELAY_RELAYS": str(RELAYS),
+            "WXRELAY_WORKERS": str(WORKERS),
+            "WXRELAY_STATE_DIR": str(self.layout.state_dir),
+            "WXRELAY_HTTP_PORT": str(self.http_port),
+            "WXRELAY_RELAY_PORT": str(self.relay_port),
+            "WXRELAY_REDIS_PORT": str(self.redis_port),
+            "WXRELAY_REDIS_URL": self.redis_url,
+        }
+
+    def _environ(self) -> dict[str, str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("WECHAT_", "WXRELAY_"))}
+        return {**clean, "WXRELAY_ENV_FILE": str(self.env_file), "WXRELAY_STATE_DIR": str(self.layout.state_dir)}
+
+    # -- start and stop -------------------------------------------------------------------------------------------
+
+    def _appliance(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "appliance", command],
+            cwd=ROOT,
+            env=self._environ(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write("".join(f"{name}={value}\n" for name, value in self.settings().items()))
+        result = self._appliance("run", START_TIMEOUT)
+        if result.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"python -m appliance run failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        self.runs_file.touch()
+
+    def stop(self) -> str:
+        if self._redis is not None:
+            self._redis.close()
+        if not self.env_file.exists():
+            return ""
+        result = self._appliance("stop", STOP_TIMEOUT)
+        return result.stdout + result.stderr
+
+    # -- the processes --------------------------------------------------------------------------------------------
+
+    def processes(self) -> dict[str, ProcessInfo]:
+        return {process.name: process for process in self.supervisor.processes()}
+
+    def pid(self, name: str) -> int:
+        process = self.processes()[name]
+        if not process.running or not process.pid:
+            raise RuntimeError(f"{name} is not running ({process.state})")
+        return process.pid
+
+    def workers(self) -> list[str]:
+        return sorted(name for name in self.processes() if name.startswith("wxrelay-worker:"))
+
+    @staticmethod
+    def relay(port: int) -> str:
+        return f"wxrelay-relay:relay-{port}"
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one program by the PID its supervisord gives; supervisor restarts it."""
+        pid = self.pid(name)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def wait_restarted(self, name: str, old_pid: int, timeout: float = 60) -> int:
+        def again() -> int:
+            process = self.processes()[name]
+            return process.pid if process.running and process.pid != old_pid else 0
+
+        return wait_until(again, timeout, f"supervisor to restart {name}", interval=0.1)
+
+    def stop_program(self, name: str) -> None:
+        """Stop a program through supervisor (XML-RPC stopProcess): it stays down until started."""
+        self.supervisor.stop_program(name)
+
+    def start_program(self, name: str) -> None:
+        self.supervisor.start(name)
+
+    def reload_nginx(self) -> int:
+        """SIGHUP to nginx's master: a graceful reload."""
+        pid = self.pid(NGINX)
+        os.kill(pid, signal.SIGHUP)
+        return pid
+
+    # -- Redis ----------------------------------------------------------------------------------------------------
+
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(
+                self.redis_url, decode_responses=True, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=1
+            )
+        return self._redis
+
+    def maxmemory(self) -> int:
+        return int(self.redis().config_get("maxmemory")["maxmemory"])
+
+    def fill_redis(self, headroom: int = 16 * 1024) -> int:
+        """Set maxmemory just above what Redis uses now; returns the limit it had."""
+        before = self.maxmemory()
+        used = int(self.redis().info("memory")["used_memory"])
+        self.redis().config_set("maxmemory", used + headroom)
+        return before
+
+    def set_maxmemory(self, limit: int) -> None:
+        self.redis().config_set("maxmemory", limit)
+
+    # -- the relays' probes ---------------------------------------------------------------------------------------
+
+    def metric(self, port: int, name: str, **labels: str) -> float:
+        """One sample of a relay's /metrics, 0 when absent."""
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=PROBE_TIMEOUT, trust_env=False).text
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == wanted:
+                return float(value)
+        return 0.0
+
+    def held(self) -> dict[int, int]:
+        """Deliveries each relay holds open right now, by port."""
+        return {port: int(self.metric(port, "wxrelay_deliveries_held")) for port in self.relay_ports}
+
+    def health(self, port: int) -> dict[str, Any]:
+        """A relay's /healthz report, with its HTTP status as `http_status`."""
+        answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=PROBE_TIMEOUT, trust_env=False)
+        return {**answer.json(), "http_status": answer.status_code}
+
+    def ready(self) -> bool:
+        """Every program running; every relay on Redis and its reply channel, with every worker seen and
+        nothing spooled. (A ledger error of the last 30 s keeps /healthz at 503: not waited for.)"""
+        processes = self.processes().values()
+        if not processes or not all(process.running for process in processes):
+            return False
+        for port in self.relay_ports:
+            report = self.health(port)
+            if not (report["redis"] and report["reply_channel"] and report["workers"] >= WORKERS):
+                return False
+            if report.get("spooled"):
+                return False
+        return True
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        wait_until(self.ready, timeout, "the appliance to be ready", interval=0.2)
