@@ -1,4 +1,7 @@
-"""The ledger's transitions against a real Redis: each owned by the one caller that made it."""
+"""The ledger's transitions against a real Redis: each owned by the one caller that made it.
+
+Each test has its own record, queue, unacknowledged hash and due set: the
+suite's workers, on the same Redis, sweep only the appliance's own."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ class Ledger:
         self.key = f"test:{uuid.uuid4().hex}"
         self.record = ledger.record_key(self.key)
         self.queue, self.unacked, self.tag = f"{self.key}:queue", f"{self.key}:unacked", f"tag-{self.key}"
+        # A due set of its own: the suite's workers sweep the real one.
+        self.due_key = f"{self.key}:due"
         self.task = f"task of {self.key}"
 
     def run(self, source: str, keys: list[str], args: list[object]) -> object:
@@ -27,33 +32,33 @@ class Ledger:
         return _decode(result)
 
     def claim(self, answered: bool = False, due_after: float = 30) -> list[object]:
-        keys = [self.record, self.queue, ledger.DUE_KEY]
+        keys = [self.record, self.queue, self.due_key]
         args = [TTL, self.task, due_after, int(answered), self.key, self.tag]
         return self.run(ledger.CLAIM, keys, args)  # type: ignore[return-value]
 
     def complete(self, reply: str = "<xml/>", cs: str = '{"touser": "u"}') -> str:
         args = [reply, cs, "test:channel", "notice", TTL, self.key]
-        return self.run(ledger.COMPLETE, [self.record, ledger.DUE_KEY], args)  # type: ignore[return-value]
+        return self.run(ledger.COMPLETE, [self.record, self.due_key], args)  # type: ignore[return-value]
 
     def take(self) -> str:
-        return self.run(ledger.TAKE, [self.record, ledger.DUE_KEY], [SETTLED, self.key])  # type: ignore[return-value]
+        return self.run(ledger.TAKE, [self.record, self.due_key], [SETTLED, self.key])  # type: ignore[return-value]
 
     def abandon(self) -> list[str]:
-        return self.run(ledger.ABANDON, [self.record, ledger.DUE_KEY], [SETTLED, self.key])  # type: ignore[return-value]
+        return self.run(ledger.ABANDON, [self.record, self.due_key], [SETTLED, self.key])  # type: ignore[return-value]
 
     def begin(self) -> list[str]:
-        return self.run(ledger.BEGIN_SEND, [self.record, ledger.DUE_KEY], [self.key])  # type: ignore[return-value]
+        return self.run(ledger.BEGIN_SEND, [self.record, self.due_key], [self.key])  # type: ignore[return-value]
 
     def end(self, outcome: str, errcode: int = 0, delay: int = 0) -> int:
-        keys = [self.record, ledger.DUE_KEY]
+        keys = [self.record, self.due_key]
         return self.run(ledger.END_SEND, keys, [outcome, errcode, delay, SETTLED, self.key])  # type: ignore[return-value]
 
     def make_due(self) -> None:
-        self.client.zadd(ledger.DUE_KEY, {self.key: 0})
+        self.client.zadd(self.due_key, {self.key: 0})
 
     def sweep(self) -> list[str]:
         args = [ledger.RECORD_PREFIX, 1000, SETTLED, self.queue, self.unacked]
-        owed = self.run(ledger.SWEEP_DUE, [ledger.DUE_KEY], args)
+        owed = self.run(ledger.SWEEP_DUE, [self.due_key], args)
         return [key for key in owed if key == self.key]  # type: ignore[union-attr]
 
     @property
@@ -63,7 +68,7 @@ class Ledger:
 
     @property
     def due(self) -> float | None:
-        return self.client.zscore(ledger.DUE_KEY, self.key)
+        return self.client.zscore(self.due_key, self.key)
 
 
 def _decode(value: object) -> object:
