@@ -94,6 +94,14 @@ def settle_ttl(deliveries: int, wechat_timeout: float, lease: int) -> int:
     return int(max(deliveries * wechat_timeout, lease + RESTORE_MARGIN)) + 5
 
 
+def _with_constants(source: str) -> str:
+    """A script with this module's constants written in where it says $NAME."""
+    constants = {"LATE_LEASE": LATE_LEASE, "RECHECK": RECHECK, "SUSPECT": SUSPECT, "QUEUE_SCAN": QUEUE_SCAN}
+    for name, value in constants.items():
+        source = source.replace("$" + name, str(value))
+    return source
+
+
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
 # KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key, delivery tag.
@@ -133,7 +141,7 @@ return state
 # Returns `done` (a delivery may take it), `late` (the caller owns the late
 # send and must queue it), `silent`, or `already:<state>` when another run
 # of the same message got here first: that run owns the reply.
-COMPLETE = (
+COMPLETE = _with_constants(
     _NOW
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -159,7 +167,7 @@ if state == 'abandoned' or state == false then
 end
 return 'already:' .. state
 """
-).replace("$LATE_LEASE", str(LATE_LEASE))
+)
 
 # KEYS: record, due. ARGV: settled ttl, dedupe key. A relay is about to write
 # the reply to WeChat: only a reply still `done` (or already taken by an
@@ -206,7 +214,7 @@ return {state or 'missing', ''}
 # dying worker and is queued again. Returns the keys whose late send the
 # caller must queue. (Records are addressed by prefix, not passed as KEYS:
 # the set's members are only known in here.)
-SWEEP_DUE = (
+SWEEP_DUE = _with_constants(
     _NOW
     + """
 local owed = {}
@@ -254,14 +262,6 @@ end
 return owed
 """
 )
-for _name, _value in {
-    "LATE_LEASE": LATE_LEASE,
-    "RECHECK": RECHECK,
-    "SUSPECT": SUSPECT,
-    "QUEUE_SCAN": QUEUE_SCAN,
-}.items():
-    SWEEP_DUE = SWEEP_DUE.replace("$" + _name, str(_value))
-del _name, _value
 
 # KEYS: record, due. ARGV: dedupe key. The one late send of a message
 # begins: returns the state before and, when this caller now owns the send,
@@ -280,7 +280,7 @@ return {found[1] or 'missing', ''}
 # retry delay (s), settled ttl, dedupe key.
 # `retry` gives the send back to `late` and sets when the sweep may offer it
 # again should the retry's task be lost; the others settle the record.
-END_SEND = (
+END_SEND = _with_constants(
     _NOW
     + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
@@ -295,4 +295,4 @@ redis.call('HDEL', KEYS[1], 'cs', 'reply')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
-).replace("$LATE_LEASE", str(LATE_LEASE))
+)
