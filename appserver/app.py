@@ -115,3 +115,7 @@ kombu_redis.QoS.append = _append_even_when_full
 if settings.log_level.upper() != "DEBUG":
     for _name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(_name).setLevel(logging.WARNING)
+
+# httpx logs every request's URL at INFO, and WeChat's API carries the
+# AppSecret and the access_token in the query string.
+logging.getLogger("httpx").setLevel(logging.WARNING)
