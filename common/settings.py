@@ -6,6 +6,7 @@ the same variables; the README documents them in one table.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -17,6 +18,9 @@ from dotenv import dotenv_values
 from wechat.crypto import decode_aes_key
 from wechat.exceptions import InvalidConfigError
 from wechat.signature import validate_token
+
+# In WXRELAY_ALLOWED_SOURCES: the addresses WeChat's getcallbackip API lists.
+WECHAT_SOURCES = "wechat"
 
 
 def _float(value: str) -> float:
@@ -40,6 +44,37 @@ def _optional(value: str) -> str | None:
     return value or None
 
 
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _sources(value: str) -> tuple[str, ...]:
+    """Addresses, networks, and `wechat` for WeChat's published callback addresses."""
+    entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+    for entry in entries:
+        if entry != WECHAT_SOURCES:
+            _network(entry)
+    return entries
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+    for entry in entries:
+        _network(entry)
+    return entries
+
+
+def _network(entry: str) -> None:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(f"{entry!r} is not an address or network") from None
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -61,6 +96,31 @@ SETTINGS: dict[str, Setting] = {
     ),
     "api_base": Setting("WECHAT_API_BASE", "https://api.weixin.qq.com", str, "WeChat API base URL."),
     "redis_url": Setting("WXRELAY_REDIS_URL", "redis://127.0.0.1:6379/0", str, "Broker, results, ledger."),
+    "redis_admin_password": Setting(
+        "WXRELAY_REDIS_ADMIN_PASSWORD",
+        "",
+        _optional,
+        "Local appliance: password of its Redis's `admin` user (every command, for redis-cli); empty = no such user.",
+    ),
+    "require_encryption": Setting(
+        "WXRELAY_REQUIRE_ENCRYPTION",
+        "false",
+        _bool,
+        "true: plaintext messages are refused (403); only safe mode (and compat mode, decrypted) gets in.",
+    ),
+    "allowed_sources": Setting(
+        "WXRELAY_ALLOWED_SOURCES",
+        "",
+        _sources,
+        "Client addresses let in, comma-separated (addresses, networks, `wechat` for the list WeChat's "
+        "getcallbackip API gives, refreshed hourly; needs WECHAT_APPSECRET); empty = any.",
+    ),
+    "trusted_proxies": Setting(
+        "WXRELAY_TRUSTED_PROXIES",
+        "127.0.0.1,::1",
+        _networks,
+        "Where nginx connects to the relays from: only from these is X-Real-IP believed.",
+    ),
     "bot": Setting("WXRELAY_BOT", "appserver.example_bot:bot", str, "The bot: module:attribute or file.py:attribute."),
     "wechat_timeout": Setting("WXRELAY_WECHAT_TIMEOUT", "5.0", _float, "How long WeChat waits per delivery (s)."),
     "reply_budget": Setting("WXRELAY_REPLY_BUDGET", "4.5", _float, "Wait on the last delivery before `success` (s)."),
@@ -120,6 +180,10 @@ class Settings:
     appsecret: str | None
     api_base: str
     redis_url: str
+    redis_admin_password: str | None
+    require_encryption: bool
+    allowed_sources: tuple[str, ...]
+    trusted_proxies: tuple[str, ...]
     bot: str
     wechat_timeout: float
     reply_budget: float
@@ -181,6 +245,13 @@ class Settings:
                     raise InvalidConfigError(f"{SETTINGS[attribute].name}: {exc}") from None
         if self.aes_key and not self.appid:
             raise InvalidConfigError("WECHAT_APPID is required when WECHAT_AES_KEY is set")
+        if self.require_encryption and not self.aes_key:
+            raise InvalidConfigError("WXRELAY_REQUIRE_ENCRYPTION needs WECHAT_AES_KEY (safe mode)")
+        if WECHAT_SOURCES in self.allowed_sources and not self.appsecret:
+            raise InvalidConfigError(
+                "WXRELAY_ALLOWED_SOURCES=wechat needs WECHAT_APPSECRET to fetch WeChat's addresses; "
+                "without one, list them yourself"
+            )
         if self.reply_budget >= self.wechat_timeout:
             raise InvalidConfigError("WXRELAY_REPLY_BUDGET must be shorter than WXRELAY_WECHAT_TIMEOUT")
         return self
@@ -195,5 +266,11 @@ class Settings:
         out: dict[str, str] = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            out[SETTINGS[field.name].name] = "" if value is None else str(value)
+            if value is None:
+                value = ""
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            out[SETTINGS[field.name].name] = str(value)
         return out
