@@ -6,11 +6,11 @@ import asyncio
 import logging
 import sqlite3
 import time
-from typing import Any
 
-from tornado.web import RequestHandler, stream_request_body
+from tornado.web import stream_request_body
 
 from relay.context import Relay
+from relay.handler import RelayHandler
 from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError
 from wechat.parser import dedupe_key, parse_xml
@@ -26,7 +26,7 @@ class Rejected(Exception):
 
 
 @stream_request_body
-class CallbackHandler(RequestHandler):
+class CallbackHandler(RelayHandler):
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
         self.config = relay.settings
@@ -153,8 +153,3 @@ class CallbackHandler(RequestHandler):
             reply = self.relay.crypto.encrypt_reply(reply, self.get_query_argument("nonce", ""), key=key)
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(reply)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # Never a traceback to the client, whatever the settings.
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(self._reason)
