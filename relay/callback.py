@@ -38,7 +38,11 @@ class CallbackHandler(RelayHandler):
         # Checked before the body is read: an unsigned or oversize request
         # costs us nothing but its headers.
         try:
+            if not self.relay.sources.admits(self.relay.sources.client_address(self.request)):
+                raise Rejected(403, "source_address", "source address not allowed")
             self.check_signature()
+            if self.request.method == "POST" and self.config.require_encryption and not self.encrypted:
+                raise Rejected(403, "plaintext", "plaintext messages are refused: use safe mode")
             length = self.request.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self.config.max_body:
                 raise Rejected(413, "body_too_large", "request body too large")
@@ -53,6 +57,10 @@ class CallbackHandler(RelayHandler):
         self.size += len(chunk)
         if self.size <= self.config.max_body:
             self.chunks.append(chunk)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.get_query_argument("encrypt_type", "raw") == "aes"
 
     def on_connection_close(self) -> None:
         self.hung_up.set()
@@ -90,6 +98,8 @@ class CallbackHandler(RelayHandler):
         started = time.monotonic()
         try:
             xml, key = self.read_message()
+            if key is None and not await self.first_use_of_signature():
+                raise Rejected(403, "replayed", "signature already used with another body")
         except Rejected as rejected:
             self.reject(rejected)
             return
@@ -108,6 +118,15 @@ class CallbackHandler(RelayHandler):
         REPLY_SECONDS.observe(time.monotonic() - started)
         self.answer(outcome.reply, key)
 
+    async def first_use_of_signature(self) -> bool:
+        """Plaintext's signature does not cover the body: one signature, one body."""
+        return await self.relay.signatures.admits(
+            self.get_query_argument("timestamp", ""),
+            self.get_query_argument("nonce", ""),
+            self.get_query_argument("signature", ""),
+            b"".join(self.chunks),
+        )
+
     def read_message(self) -> tuple[str, bytes | None]:
         """Parse (and decrypt) the body: the message XML and the AES key that worked."""
         if self.size > self.config.max_body:
@@ -115,7 +134,7 @@ class CallbackHandler(RelayHandler):
         body = b"".join(self.chunks)
         try:
             self.fields = parse_xml(body)
-            if self.get_query_argument("encrypt_type", "raw") != "aes":
+            if not self.encrypted:
                 return body.decode(), None
             return self.decrypt()
         except ForbiddenXMLError:

@@ -61,6 +61,9 @@ class HealthzHandler(RelayHandler):
         report["spooled"] = self.relay.spool.depth
         if self.relay.spool.depth:
             problems.append(f"{self.relay.spool.depth} messages spooled on disk, waiting for Redis")
+        sources = self.relay.sources.problem()
+        if sources is not None:
+            problems.append(sources)
         error = self.relay.dispatcher.last_error
         if error is not None and time.monotonic() - error[0] < RECENT_ERROR:
             problems.append(f"a ledger call failed {time.monotonic() - error[0]:.0f} s ago: Redis {error[1]}")
