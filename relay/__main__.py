@@ -10,6 +10,7 @@ import sys
 
 from tornado.httpserver import HTTPServer
 
+from common import redaction
 from common.settings import Settings
 from relay.app import make_app
 from relay.context import Relay
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.install(settings)
     try:
         asyncio.run(serve(settings, args.address, args.port))
     except InvalidConfigError as exc:
