@@ -270,11 +270,12 @@ class Appliance:
     def maxmemory(self) -> int:
         return int(self.redis().config_get("maxmemory")["maxmemory"])
 
-    def fill_redis(self, headroom: int = 16 * 1024) -> int:
-        """Set maxmemory just above what Redis uses now; returns the limit it had."""
+    def fill_redis(self) -> int:
+        """Set maxmemory below what Redis uses now: every write is refused, as when it is full, however
+        much the appliance frees meanwhile (records expiring, a queue draining); returns the limit it had."""
         before = self.maxmemory()
         used = int(self.redis().info("memory")["used_memory"])
-        self.redis().config_set("maxmemory", used + headroom)
+        self.redis().config_set("maxmemory", used // 2)
         return before
 
     def set_maxmemory(self, limit: int) -> None:

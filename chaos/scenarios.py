@@ -233,7 +233,7 @@ def redis_down(r: Rehearsal) -> Result:
 
 
 def redis_full(r: Rehearsal) -> Result:
-    """maxmemory set just above what Redis uses: relays spool, /healthz says why, metrics count it; never a 503."""
+    """maxmemory set below what Redis uses: relays spool, /healthz says why, metrics count it; never a 503."""
     ports = r.appliance.relay_ports
 
     def full_errors() -> float:

@@ -50,6 +50,14 @@ def require(binary: str) -> str:
     return path
 
 
+def require_appliance() -> None:
+    """What `python -m appliance run` needs: the binaries, and this test run in the project's virtualenv."""
+    for binary in ("redis-server", "nginx", "supervisord"):
+        require(binary)
+    if not (Path(sys.prefix) / "bin" / "celery").exists():
+        raise RuntimeError(f"run the tests in the project's virtualenv (make test), not {sys.executable}")
+
+
 class Process:
     """A child process with its output in a log file, stopped by PID."""
 

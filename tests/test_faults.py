@@ -11,26 +11,21 @@ its handler run once — at most twice where its worker died mid-handler.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from chaos import scenarios
 from chaos.rehearsal import RECOVERY_LIMIT, Rehearsal, Result
 from chaos.stage import stage
-from tests.services import require
+from tests.services import require_appliance
 
 WINDOW = 1.5
 
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
-    for binary in ("redis-server", "nginx", "supervisord"):
-        require(binary)
-    if not (Path(sys.prefix) / "bin" / "celery").exists():
-        pytest.fail(f"run the tests in the project's virtualenv (make test), not {sys.executable}")
+    require_appliance()
     with stage(WINDOW, workdir=tmp_path_factory.mktemp("chaos")) as started:
         yield started
 

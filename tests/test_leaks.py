@@ -12,7 +12,6 @@ supervisor, as tests/test_faults.py), WeChat's window shortened to 1.5 s.
 from __future__ import annotations
 
 import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from chaos.rehearsal import Rehearsal
 from chaos.stage import stage
 from simulator import WeChatSimulator
 from simulator.messages import new_msg_id
-from tests.services import require, wait_until
+from tests.services import require_appliance, wait_until
 
 WINDOW = 1.5
 STRANGER = "127.0.0.2"  # loopback too, but not on the list WeChat's API gives (127.0.0.1)
@@ -32,10 +31,7 @@ STRANGER = "127.0.0.2"  # loopback too, but not on the list WeChat's API gives (
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
-    for binary in ("redis-server", "nginx", "supervisord"):
-        require(binary)
-    if not (Path(sys.prefix) / "bin" / "celery").exists():
-        pytest.fail(f"run the tests in the project's virtualenv (make test), not {sys.executable}")
+    require_appliance()
     extra = {"WXRELAY_ALLOWED_SOURCES": "wechat"}
     with stage(WINDOW, workdir=tmp_path_factory.mktemp("leaks"), extra=extra) as started:
         yield started

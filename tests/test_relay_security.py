@@ -107,14 +107,33 @@ def test_required_encryption_refuses_plaintext_and_takes_safe_and_compat(start_r
     assert httpx.get(relay.callback, params=verify).text == "e123"
 
 
-def test_required_encryption_without_a_key_stops_the_relay_with_one_line(log_dir, stack_env):
-    env = {**stack_env, "WXRELAY_REQUIRE_ENCRYPTION": "true", "WECHAT_AES_KEY": ""}
+@pytest.mark.parametrize(
+    "settings, line",
+    [
+        (
+            {"WXRELAY_REQUIRE_ENCRYPTION": "true", "WECHAT_AES_KEY": ""},
+            "WXRELAY_REQUIRE_ENCRYPTION needs WECHAT_AES_KEY (safe mode)",
+        ),
+        (
+            {"WXRELAY_ALLOWED_SOURCES": "wechat", "WECHAT_APPSECRET": ""},
+            "WXRELAY_ALLOWED_SOURCES=wechat needs WECHAT_APPSECRET to fetch WeChat's addresses; "
+            "without one, list them yourself",
+        ),
+        (
+            {"WXRELAY_ALLOWED_SOURCES": "wechat, 10.0.0.300"},
+            "WXRELAY_ALLOWED_SOURCES='wechat, 10.0.0.300' is invalid: '10.0.0.300' is not an address or network",
+        ),
+    ],
+    ids=["encryption-without-key", "wechat-without-appsecret", "not-an-address"],
+)
+def test_a_setting_it_cannot_serve_stops_the_relay_with_one_line(log_dir, stack_env, settings, line):
     port = free_port()
-    relay = Process(f"relay-{port}", [sys.executable, "-m", "relay", "--port", str(port)], log_dir, env)
+    relay = Process(
+        f"relay-{port}", [sys.executable, "-m", "relay", "--port", str(port)], log_dir, {**stack_env, **settings}
+    )
     assert relay.popen.wait(30) == 2
     relay.stop()
-    lines = relay.log().strip().splitlines()
-    assert lines == ["wxrelay relay: configuration error: WXRELAY_REQUIRE_ENCRYPTION needs WECHAT_AES_KEY (safe mode)"]
+    assert relay.log().strip().splitlines() == [f"wxrelay relay: configuration error: {line}"]
 
 
 # --- the allow-list -------------------------------------------------------------------------------------------------
@@ -184,13 +203,3 @@ def test_a_static_list_needs_no_appsecret(start_relay):
     assert post(relay.callback, params, body, **{"X-Real-IP": "192.0.2.8"}).status_code == 403
     params, body = message()
     assert post(relay.callback, params, body).status_code == 403  # loopback is not on this list
-
-
-def test_wechat_addresses_without_an_appsecret_stop_the_relay_with_one_line(log_dir, stack_env):
-    env = {**stack_env, "WXRELAY_ALLOWED_SOURCES": "wechat", "WECHAT_APPSECRET": ""}
-    port = free_port()
-    relay = Process(f"relay-{port}", [sys.executable, "-m", "relay", "--port", str(port)], log_dir, env)
-    assert relay.popen.wait(30) == 2
-    relay.stop()
-    assert "WXRELAY_ALLOWED_SOURCES=wechat needs WECHAT_APPSECRET" in relay.log()
-    assert len(relay.log().strip().splitlines()) == 1
