@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = ".state"
 # A unix socket path longer than this does not fit in sockaddr_un.
 _MAX_SOCKET_PATH = 107
-# The password goes into redis.conf unquoted.
+# The password goes into the Redis URL unquoted.
 _REDIS_PASSWORD = re.compile(r"[A-Za-z0-9._~+=-]{8,}")
+# The user the relays and workers sign in to Redis as (deploy/redis/redis.conf.j2).
+REDIS_USER = "wxrelay"
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Local:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
+        return f"redis://{REDIS_USER}:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def relay_ports(self) -> list[int]:
@@ -103,6 +105,8 @@ class Local:
             **self.settings.as_environ(),
             "WXRELAY_REDIS_URL": self.redis_url,
             "WXRELAY_SPOOL_DIR": str(self.layout.spool_dir),
+            # The operator's: redis.conf keeps only its hash, the processes never see it.
+            "WXRELAY_REDIS_ADMIN_PASSWORD": "",
         }
 
 
@@ -133,6 +137,8 @@ def load(environ: Mapping[str, str] | None = None) -> Local:
     environ = os.environ if environ is None else environ
     settings = _settings(environ).validate()
     local = Local(settings, layout(environ), settings.redis_port, _redis_password(settings.redis_url))
+    if settings.redis_admin_password is not None and not _REDIS_PASSWORD.fullmatch(settings.redis_admin_password):
+        raise InvalidConfigError("WXRELAY_REDIS_ADMIN_PASSWORD needs 8 or more characters [A-Za-z0-9._~+=-]")
     _distinct_ports(local)
     return local
 
@@ -150,7 +156,8 @@ def _redis_password(url: str) -> str:
     if not _REDIS_PASSWORD.fullmatch(password):
         raise InvalidConfigError(
             "the local Redis needs a password of 8 or more characters [A-Za-z0-9._~+=-] in WXRELAY_REDIS_URL "
-            "(redis://:PASSWORD@127.0.0.1:PORT/0); remove WXRELAY_REDIS_URL from the env file to have one generated"
+            "(redis://wxrelay:PASSWORD@127.0.0.1:PORT/0); remove WXRELAY_REDIS_URL from the env file "
+            "to have one generated"
         )
     return password
 

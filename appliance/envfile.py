@@ -37,7 +37,7 @@ def fresh_values(redis_port: str = SETTINGS["redis_port"].default) -> dict[str, 
         # WeChat's console shows the real one; any appid works with the simulator.
         "WECHAT_APPID": PLACEHOLDER_APPID,
         "WXRELAY_REDIS_PORT": redis_port,
-        "WXRELAY_REDIS_URL": f"redis://:{password}@127.0.0.1:{redis_port}/0",
+        "WXRELAY_REDIS_URL": f"redis://wxrelay:{password}@127.0.0.1:{redis_port}/0",
     }
 
 

@@ -3,6 +3,7 @@ uses (deploy/), with local values: one source of truth for how it runs."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from appliance import envfile
-from appliance.config import ROOT, Local
+from appliance.config import REDIS_USER, ROOT, Local
 from appliance.system import ApplianceError, binary
 
 TEMPLATES = ROOT / "deploy"
@@ -31,12 +32,17 @@ class Tools:
     nginx: str
     supervisord: str
     nginx_error_log_flag: bool
+    redis_channel_rules: str
 
     @classmethod
     def find(cls) -> Tools:
-        nginx = binary("nginx", "nginx")
+        nginx, redis_server = binary("nginx", "nginx"), binary("redis-server", "redis-server")
         return cls(
-            binary("redis-server", "redis-server"), nginx, binary("supervisord", "supervisor"), _has_e_flag(nginx)
+            redis_server,
+            nginx,
+            binary("supervisord", "supervisor"),
+            _has_e_flag(nginx),
+            _channel_rules(redis_server),
         )
 
 
@@ -45,6 +51,17 @@ def _has_e_flag(nginx: str) -> bool:
     answer = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10)
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", answer.stderr + answer.stdout)
     return match is not None and tuple(map(int, match.groups())) >= (1, 19, 5)
+
+
+def _channel_rules(redis_server: str) -> str:
+    """Redis 6.2 learnt ACL rules for pub/sub channels (and 7.0 denies channels without one)."""
+    answer = subprocess.run([redis_server, "--version"], capture_output=True, text=True, timeout=10)
+    match = re.search(r"v=(\d+)\.(\d+)", answer.stdout)
+    return "&*" if match is None or tuple(map(int, match.groups())) >= (6, 2) else ""
+
+
+def _sha256(password: str | None) -> str:
+    return hashlib.sha256(password.encode()).hexdigest() if password else ""
 
 
 def venv() -> Path:
@@ -97,7 +114,10 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         # Redis
         "wxrelay_redis_bind": "127.0.0.1",
         "wxrelay_redis_port": local.redis_port,
-        "wxrelay_redis_password": local.redis_password,
+        "wxrelay_redis_user": REDIS_USER,
+        "wxrelay_redis_password_sha256": _sha256(local.redis_password),
+        "wxrelay_redis_admin_password_sha256": _sha256(settings.redis_admin_password),
+        "wxrelay_redis_channel_rules": tools.redis_channel_rules,
         "wxrelay_redis_dir": str(layout.redis_dir),
         # Empty: Redis logs to stdout, which supervisor keeps in logs/redis.log.
         "wxrelay_redis_logfile": "",

@@ -74,9 +74,7 @@ def _relay(client: httpx.Client, port: int) -> tuple[Check, int]:
 
 def _redis(local: Local) -> Check:
     where = f":{local.redis_port} PING"
-    client = redis.Redis(
-        host="127.0.0.1", port=local.redis_port, password=local.redis_password, socket_timeout=PROBE_TIMEOUT
-    )
+    client = redis.Redis.from_url(local.redis_url, socket_timeout=PROBE_TIMEOUT)
     try:
         return Check("redis", bool(client.ping()), f"{where} → PONG")
     except redis.RedisError as exc:

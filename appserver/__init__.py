@@ -5,7 +5,7 @@ from appserver.bot import Bot
 from wechat import replies
 
 # Imported for their side effects: the tasks and the worker's chores (heartbeat,
-# lease, sweep) register with the app, so `celery -A appserver worker` runs them.
-from appserver import heartbeat, lease, sweeper, tasks  # noqa: E402,F401,I001  isort: skip
+# lease, sweep, WeChat's addresses) register with the app, so `celery -A appserver worker` runs them.
+from appserver import heartbeat, lease, sweeper, tasks, wechat_addresses  # noqa: E402,F401,I001  isort: skip
 
 __all__ = ["Bot", "app", "replies"]

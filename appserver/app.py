@@ -9,9 +9,11 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
+from common import redaction
 from common.settings import Settings
 
 settings = Settings.from_env()
@@ -119,3 +121,9 @@ if settings.log_level.upper() != "DEBUG":
 # httpx logs every request's URL at INFO, and WeChat's API carries the
 # AppSecret and the access_token in the query string.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_secrets(logger: logging.Logger, **_: object) -> None:
+    redaction.install(settings, logger)

@@ -10,6 +10,7 @@ the appliance's Redis, each on a database of its own.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -71,13 +72,15 @@ class System:
     label = ""
     host = ""  # host:port of the callback URL
     redis_url = ""
+    # The benchmark's own way into Redis, for what the appliance's user may not do (FLUSHDB).
+    admin_url = ""
 
     @property
     def url(self) -> str:
         return f"http://{self.host}/wechat"
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        return redis.Redis.from_url(self.admin_url or self.redis_url, decode_responses=True)
 
     def processes(self) -> list[tuple[str, int]]:
         raise NotImplementedError
@@ -128,7 +131,9 @@ class ApplianceRunner(ApplianceBase):
         self.relay_port = consecutive_free_ports(relays or 2, taken={self.http_port, self.redis_port})
         self.host = f"127.0.0.1:{self.http_port}"
         self.password = "bench" + os.urandom(8).hex()
-        self.redis_url = f"redis://:{self.password}@127.0.0.1:{self.redis_port}/0"
+        self.admin_password = "admin" + os.urandom(8).hex()
+        self.redis_url = f"redis://wxrelay:{self.password}@127.0.0.1:{self.redis_port}/0"
+        self.admin_url = f"redis://admin:{self.admin_password}@127.0.0.1:{self.redis_port}/0"
 
     def _env(self) -> dict[str, str]:
         env = {
@@ -153,7 +158,11 @@ class ApplianceRunner(ApplianceBase):
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        settings = {**app_settings(self.redis_url, self.concurrency), "WXRELAY_REDIS_PORT": str(self.redis_port)}
+        settings = {
+            **app_settings(self.redis_url, self.concurrency),
+            "WXRELAY_REDIS_PORT": str(self.redis_port),
+            "WXRELAY_REDIS_ADMIN_PASSWORD": self.admin_password,
+        }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         result = self._appliance("run", timeout=150)
         if result.returncode != 0:
@@ -222,7 +231,9 @@ class DirectAppliance(ApplianceBase):
         self.host = f"127.0.0.1:{self.http_port}"
         self.redis_port = free_port()
         self.password = "bench" + os.urandom(8).hex()
-        self.redis_url = f"redis://:{self.password}@127.0.0.1:{self.redis_port}/0"
+        self.admin_password = "admin" + os.urandom(8).hex()
+        self.redis_url = f"redis://wxrelay:{self.password}@127.0.0.1:{self.redis_port}/0"
+        self.admin_url = f"redis://admin:{self.admin_password}@127.0.0.1:{self.redis_port}/0"
 
     def start(self) -> None:
         logs, run = self.workdir / "log", self.workdir / "run"
@@ -240,7 +251,10 @@ class DirectAppliance(ApplianceBase):
             templates.get_template("redis/redis.conf.j2").render(
                 wxrelay_redis_bind="127.0.0.1",
                 wxrelay_redis_port=self.redis_port,
-                wxrelay_redis_password=self.password,
+                wxrelay_redis_user="wxrelay",
+                wxrelay_redis_password_sha256=hashlib.sha256(self.password.encode()).hexdigest(),
+                wxrelay_redis_admin_password_sha256=hashlib.sha256(self.admin_password.encode()).hexdigest(),
+                wxrelay_redis_channel_rules="&*",
                 wxrelay_redis_dir=self.workdir / "redis",
                 wxrelay_redis_logfile="",
                 wxrelay_redis_maxmemory="256mb",
@@ -331,6 +345,7 @@ class Baseline(System):
         self.name = f"baseline-{design}"
         self.workdir = workdir
         self.redis_url = redis_url
+        self.admin_url = _with_db(shared.admin_url, int(redis_url.rsplit("/", 1)[1]))
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
 

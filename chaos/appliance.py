@@ -97,12 +97,17 @@ class Secrets:
     aes_key: str
     appsecret: str
     redis_password: str
+    # The rehearsal's own way in, for what the appliance's user may not do (CONFIG SET maxmemory).
+    redis_admin_password: str
 
     @classmethod
     def fresh(cls) -> Secrets:
         alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
         return cls(
-            "".join(secrets.choice(alphabet) for _ in range(43)), secrets.token_hex(16), "chaos" + secrets.token_hex(12)
+            "".join(secrets.choice(alphabet) for _ in range(43)),
+            secrets.token_hex(16),
+            "chaos" + secrets.token_hex(12),
+            "admin" + secrets.token_hex(12),
         )
 
 
@@ -140,7 +145,7 @@ class Appliance:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://:{self.secrets.redis_password}@127.0.0.1:{self.redis_port}/0"
+        return f"redis://wxrelay:{self.secrets.redis_password}@127.0.0.1:{self.redis_port}/0"
 
     def settings(self) -> dict[str, str]:
         """The env file: everything at its shipped default but WeChat's window, the ports and the secrets."""
@@ -161,6 +166,7 @@ class Appliance:
             "WXRELAY_RELAY_PORT": str(self.relay_port),
             "WXRELAY_REDIS_PORT": str(self.redis_port),
             "WXRELAY_REDIS_URL": self.redis_url,
+            "WXRELAY_REDIS_ADMIN_PASSWORD": self.secrets.redis_admin_password,
         }
 
     def _environ(self) -> dict[str, str]:
@@ -246,8 +252,9 @@ class Appliance:
 
     def redis(self) -> redis.Redis:
         if self._redis is None:
+            admin = f"redis://admin:{self.secrets.redis_admin_password}@127.0.0.1:{self.redis_port}/0"
             self._redis = redis.Redis.from_url(
-                self.redis_url, decode_responses=True, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=1
+                admin, decode_responses=True, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=1
             )
         return self._redis
 

@@ -10,6 +10,7 @@ import sys
 
 from tornado.httpserver import HTTPServer
 
+from common import redaction
 from common.settings import Settings
 from relay.app import make_app
 from relay.context import Relay
@@ -26,9 +27,11 @@ async def serve(settings: Settings, address: str, port: int) -> None:
         raise InvalidConfigError(str(exc)) from None
     relay.listener.start()
     relay.replayer.start()
+    await relay.sources.refresh()
+    relay.sources.start()
     lag_probe = watch_loop_lag()
-    # Behind nginx: the client's address is in X-Real-IP / X-Forwarded-For.
-    server = HTTPServer(make_app(relay), xheaders=True, idle_connection_timeout=60)
+    # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).
+    server = HTTPServer(make_app(relay), idle_connection_timeout=60)
     server.listen(port, address)
     log.info("relay listening on %s:%d", address, port)
     stopping = asyncio.Event()
@@ -42,6 +45,7 @@ async def serve(settings: Settings, address: str, port: int) -> None:
     while relay.dispatcher.in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     lag_probe.stop()
+    relay.sources.stop()
     await relay.replayer.stop()
     await relay.listener.stop()
     relay.broker.ledger.close()
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.install(settings)
     try:
         asyncio.run(serve(settings, args.address, args.port))
     except InvalidConfigError as exc:

@@ -6,6 +6,7 @@ from tornado.web import Application
 
 from relay.callback import CallbackHandler
 from relay.context import Relay
+from relay.handler import NotFound
 from relay.health import HealthzHandler, LivezHandler, MetricsHandler
 
 
@@ -15,8 +16,10 @@ def make_app(relay: Relay) -> Application:
             (r"/wechat", CallbackHandler, {"relay": relay}),
             (r"/livez", LivezHandler),
             (r"/healthz", HealthzHandler, {"relay": relay}),
+            (r"/healthz/brief", HealthzHandler, {"relay": relay, "brief": True}),
             (r"/metrics", MetricsHandler),
         ],
+        default_handler_class=NotFound,
         # Access lines for every request would cost more than the request.
         log_function=lambda handler: None,
     )

@@ -6,11 +6,11 @@ import asyncio
 import logging
 import sqlite3
 import time
-from typing import Any
 
-from tornado.web import RequestHandler, stream_request_body
+from tornado.web import stream_request_body
 
 from relay.context import Relay
+from relay.handler import RelayHandler
 from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError
 from wechat.parser import dedupe_key, parse_xml
@@ -26,7 +26,7 @@ class Rejected(Exception):
 
 
 @stream_request_body
-class CallbackHandler(RequestHandler):
+class CallbackHandler(RelayHandler):
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
         self.config = relay.settings
@@ -38,7 +38,11 @@ class CallbackHandler(RequestHandler):
         # Checked before the body is read: an unsigned or oversize request
         # costs us nothing but its headers.
         try:
+            if not self.relay.sources.admits(self.relay.sources.client_address(self.request)):
+                raise Rejected(403, "source_address", "source address not allowed")
             self.check_signature()
+            if self.request.method == "POST" and self.config.require_encryption and not self.encrypted:
+                raise Rejected(403, "plaintext", "plaintext messages are refused: use safe mode")
             length = self.request.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self.config.max_body:
                 raise Rejected(413, "body_too_large", "request body too large")
@@ -53,6 +57,10 @@ class CallbackHandler(RequestHandler):
         self.size += len(chunk)
         if self.size <= self.config.max_body:
             self.chunks.append(chunk)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.get_query_argument("encrypt_type", "raw") == "aes"
 
     def on_connection_close(self) -> None:
         self.hung_up.set()
@@ -90,6 +98,8 @@ class CallbackHandler(RequestHandler):
         started = time.monotonic()
         try:
             xml, key = self.read_message()
+            if key is None and not await self.first_use_of_signature():
+                raise Rejected(403, "replayed", "signature already used with another body")
         except Rejected as rejected:
             self.reject(rejected)
             return
@@ -108,6 +118,15 @@ class CallbackHandler(RequestHandler):
         REPLY_SECONDS.observe(time.monotonic() - started)
         self.answer(outcome.reply, key)
 
+    async def first_use_of_signature(self) -> bool:
+        """Plaintext's signature does not cover the body: one signature, one body."""
+        return await self.relay.signatures.admits(
+            self.get_query_argument("timestamp", ""),
+            self.get_query_argument("nonce", ""),
+            self.get_query_argument("signature", ""),
+            b"".join(self.chunks),
+        )
+
     def read_message(self) -> tuple[str, bytes | None]:
         """Parse (and decrypt) the body: the message XML and the AES key that worked."""
         if self.size > self.config.max_body:
@@ -115,7 +134,7 @@ class CallbackHandler(RequestHandler):
         body = b"".join(self.chunks)
         try:
             self.fields = parse_xml(body)
-            if self.get_query_argument("encrypt_type", "raw") != "aes":
+            if not self.encrypted:
                 return body.decode(), None
             return self.decrypt()
         except ForbiddenXMLError:
@@ -153,8 +172,3 @@ class CallbackHandler(RequestHandler):
             reply = self.relay.crypto.encrypt_reply(reply, self.get_query_argument("nonce", ""), key=key)
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(reply)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # Never a traceback to the client, whatever the settings.
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(self._reason)

@@ -13,6 +13,8 @@ from relay.dispatch import Dispatcher
 from relay.listener import ReplyListener
 from relay.pipeline import PipelinedRedis
 from relay.replay import Replayer
+from relay.seen_signatures import SeenSignatures
+from relay.sources import SourceFilter
 from relay.spool import Spool
 from wechat.crypto import MessageCrypto
 
@@ -27,6 +29,8 @@ class Relay:
     spool: Spool
     replayer: Replayer
     crypto: MessageCrypto | None
+    signatures: SeenSignatures
+    sources: SourceFilter
 
     @classmethod
     def create(cls, settings: Settings, port: int) -> Relay:
@@ -44,4 +48,15 @@ class Relay:
         crypto = None
         if settings.aes_key:
             crypto = MessageCrypto(settings.token, settings.aes_key, settings.appid, settings.aes_key_previous)
-        return cls(settings, client, broker, listener, dispatcher, spool, Replayer(broker, spool, dispatcher), crypto)
+        return cls(
+            settings,
+            client,
+            broker,
+            listener,
+            dispatcher,
+            spool,
+            Replayer(broker, spool, dispatcher),
+            crypto,
+            SeenSignatures(ledger_connection, settings.timestamp_window),
+            SourceFilter(settings, client),
+        )

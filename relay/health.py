@@ -8,9 +8,9 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from tornado.web import RequestHandler
 
 from relay.context import Relay
+from relay.handler import RelayHandler
 
 # A worker heartbeats every few seconds; one not seen for this long is gone.
 WORKER_SEEN_WITHIN = 30.0
@@ -21,7 +21,7 @@ RECENT_ERROR = 30.0
 MEMORY_FULL = 0.95
 
 
-class LivezHandler(RequestHandler):
+class LivezHandler(RelayHandler):
     """The process answers: touches nothing else, so a stalled Redis cannot fail it."""
 
     def get(self) -> None:
@@ -29,12 +29,14 @@ class LivezHandler(RequestHandler):
         self.finish("ok")
 
 
-class HealthzHandler(RequestHandler):
+class HealthzHandler(RelayHandler):
     """Redis reachable with room to write, a worker seen recently, nothing spooled;
-    `problems` says in words what is not so."""
+    `problems` says in words what is not so. Brief (nginx's /healthz, public):
+    only `ok` or `not ok`."""
 
-    def initialize(self, relay: Relay) -> None:
+    def initialize(self, relay: Relay, brief: bool = False) -> None:
         self.relay = relay
+        self.brief = brief
 
     async def get(self) -> None:
         report: dict[str, object] = {"redis": False, "workers": 0, "reply_channel": False}
@@ -59,6 +61,9 @@ class HealthzHandler(RequestHandler):
         report["spooled"] = self.relay.spool.depth
         if self.relay.spool.depth:
             problems.append(f"{self.relay.spool.depth} messages spooled on disk, waiting for Redis")
+        sources = self.relay.sources.problem()
+        if sources is not None:
+            problems.append(sources)
         error = self.relay.dispatcher.last_error
         if error is not None and time.monotonic() - error[0] < RECENT_ERROR:
             problems.append(f"a ledger call failed {time.monotonic() - error[0]:.0f} s ago: Redis {error[1]}")
@@ -66,11 +71,15 @@ class HealthzHandler(RequestHandler):
         report["problems"] = problems
         report["status"] = "ok" if healthy else "unhealthy"
         self.set_status(200 if healthy else 503)
+        if self.brief:
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish("ok" if healthy else "not ok")
+            return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(report))
 
 
-class MetricsHandler(RequestHandler):
+class MetricsHandler(RelayHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())

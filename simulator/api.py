@@ -1,4 +1,4 @@
-"""The simulator's stand-in for WeChat's API servers (access_token and customer-service send).
+"""The simulator's stand-in for WeChat's API servers (access_token, customer-service send, callback addresses).
 
 WeChat's servers are outside the machine, so this is the one fake the test
 suite allows; the fault rehearsal (`make chaos`) counts late replies with it
@@ -65,6 +65,10 @@ class FakeWeChatAPI:
         self._tokens_waiting = 0
         self._messages: list[dict[str, Any]] = []
         self._send_attempts: list[SendAttempt] = []
+        self._issued: list[str] = []
+        # What getcallbackip lists: loopback, where the tests' WeChat calls from.
+        self._callback_ips: list[str] = ["127.0.0.1"]
+        self._callback_ip_requests = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -105,6 +109,23 @@ class FakeWeChatAPI:
         """Successful token fetches."""
         with self._changed:
             return self._token_requests
+
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every access_token handed out, expired or not."""
+        with self._changed:
+            return list(self._issued)
+
+    @property
+    def callback_ip_requests(self) -> int:
+        """getcallbackip calls answered with the list."""
+        with self._changed:
+            return self._callback_ip_requests
+
+    def set_callback_ips(self, ip_list: list[str]) -> None:
+        """What getcallbackip answers from now on (addresses and networks, as WeChat's do)."""
+        with self._changed:
+            self._callback_ips = list(ip_list)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -187,8 +208,18 @@ class FakeWeChatAPI:
         with self._changed:
             self._token_requests += 1
             self._valid_tokens.add(token)
+            self._issued.append(token)
             self._changed.notify_all()
         return {"access_token": token, "expires_in": self.expires_in}
+
+    def callback_ips(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._changed:
+            errcode = self._token_errcode(query.get("access_token", ""))
+            if errcode:
+                return _error(errcode)
+            self._callback_ip_requests += 1
+            self._changed.notify_all()
+            return {"ip_list": list(self._callback_ips)}
 
     def custom_send(self, query: dict[str, str], body: bytes) -> dict[str, Any] | None:
         """The answer to a send; None: drop the connection unanswered."""
@@ -206,13 +237,19 @@ class FakeWeChatAPI:
             self._changed.notify_all()
         return _error(errcode)
 
-    def _judge_send(self, token: str, body: bytes) -> tuple[int, Any]:
+    def _token_errcode(self, token: str) -> int:
         if not token:
-            return 41001, None
+            return 41001
         if token in self._expired_tokens:
-            return 42001, None
+            return 42001
         if token not in self._valid_tokens:
-            return 40001, None
+            return 40001
+        return 0
+
+    def _judge_send(self, token: str, body: bytes) -> tuple[int, Any]:
+        errcode = self._token_errcode(token)
+        if errcode:
+            return errcode, None
         if not body:
             return 44002, None
         try:
@@ -243,6 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._target()
         if path == "/cgi-bin/token":
             self._answer(self.server.api.issue_token(query))
+        elif path == "/cgi-bin/getcallbackip":
+            self._answer(self.server.api.callback_ips(query))
         else:
             self._answer({"errcode": 404, "errmsg": "not found"}, status=404)
 

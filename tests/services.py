@@ -4,6 +4,7 @@ stopped by its PID. Nothing here touches a service the test did not start."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -93,21 +94,39 @@ class Process:
         self._log.close()
 
 
+def app_acl() -> list[str]:
+    """The rules of the appliance's Redis user, as deploy/redis/redis.conf.j2 grants them."""
+    template = (ROOT / "deploy/redis/redis.conf.j2").read_text()
+    rules = re.search(r"^user \{\{ wxrelay_redis_user \}\} on #\{\{ \w+ \}\} (.+)$", template, re.M)
+    assert rules is not None, "redis.conf.j2 has no line for the appliance's user"
+    return rules.group(1).replace("{{ wxrelay_redis_channel_rules }}", "&*").split()
+
+
+def app_user(password: str) -> list[str]:
+    """redis-server's arguments for the appliance's user, signing in with `password`."""
+    return ["--user", "wxrelay", "on", f">{password}", *app_acl()]
+
+
 class RedisServer(Process):
+    """Relays and workers sign in as the appliance's user, with the rights a
+    server gives it; the tests' own client is the default user, with every right."""
+
     def __init__(self, log_dir: Path, password: str = "testpass") -> None:
         self.port = free_port()
         self.password = password
-        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
+        self.url = f"redis://wxrelay:{password}@127.0.0.1:{self.port}/0"
+        self.admin_url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         argv = [
             require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--requirepass", password, "--save", "", "--appendonly", "no",
+            "--requirepass", password, *app_user(password),
+            "--save", "", "--appendonly", "no",
             "--dir", str(log_dir), "--maxmemory-policy", "noeviction", "--enable-debug-command", "local",
         ]  # fmt: skip
         super().__init__(f"redis-{self.port}", argv, log_dir)
         self.wait_ready(lambda: self.client().ping())
 
     def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis.from_url(self.url, **kwargs)  # type: ignore[arg-type]
+        return redis.Redis.from_url(self.admin_url, **kwargs)  # type: ignore[arg-type]
 
 
 class Worker(Process):

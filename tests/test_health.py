@@ -42,8 +42,20 @@ def test_healthz_says_what_is_missing_and_a_message_without_redis_is_spooled(log
         assert report["spooled"] == 1 and report["status"] == "unhealthy"
         assert any(problem.startswith("Redis unreachable") for problem in report["problems"])
         assert any("spooled on disk" in problem for problem in report["problems"])
+        # The brief answer nginx gives the world says no more than that.
+        brief = httpx.get(f"http://127.0.0.1:{port}/healthz/brief")
+        assert (brief.status_code, brief.text) == (503, "not ok")
     finally:
         relay.stop()
+
+
+def test_the_brief_healthz_and_every_answer_leak_nothing(relays):
+    brief = httpx.get(f"{relays[0].url}/healthz/brief")
+    assert (brief.status_code, brief.text, brief.headers["content-type"]) == (200, "ok", "text/plain; charset=utf-8")
+    for path in ("/healthz/brief", "/healthz", "/livez", "/metrics", "/wechat", "/nowhere"):
+        response = httpx.get(f"{relays[0].url}{path}")
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert "server" not in response.headers, (path, response.headers.get("server"))
 
 
 def test_metrics_count_messages_by_outcome(relays, wechat):

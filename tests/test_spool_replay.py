@@ -12,13 +12,14 @@ import redis
 from simulator import WeChatSimulator
 from simulator.messages import new_msg_id
 from tests.conftest import AES_KEY, APPID, TOKEN
-from tests.services import Process, RedisServer, Worker, free_port, require, wait_until
+from tests.services import Process, RedisServer, Worker, app_user, free_port, require, wait_until
 
 
 def restarted_redis(log_dir, port: int, password: str) -> Process:
     argv = [
         require("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
-        "--save", "", "--appendonly", "yes", "--dir", str(log_dir), "--appendfilename", f"replay-{port}.aof",
+        *app_user(password), "--save", "", "--appendonly", "yes",
+        "--dir", str(log_dir), "--appendfilename", f"replay-{port}.aof",
     ]  # fmt: skip
     process = Process(f"redis-again-{port}", argv, log_dir)
     process.wait_ready(lambda: redis.Redis(port=port, password=password).ping())
