@@ -161,6 +161,9 @@ def changed(rendered: dict[Path, str]) -> list[Path]:
 
 def write(local: Local, rendered: dict[Path, str]) -> None:
     layout = local.layout
+    # The owner's alone: Redis's data holds the access_token, the logs the users' messages.
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    layout.state_dir.chmod(0o700)
     for directory in (layout.run_dir, layout.log_dir, layout.redis_dir):
         directory.mkdir(parents=True, exist_ok=True)
     # Passwords and keys: the resolved settings and redis.conf.

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,8 +114,16 @@ class Secrets:
 class Appliance:
     """One private appliance: 2 relays, 2 workers, Redis and nginx under one supervisord."""
 
-    def __init__(self, workdir: Path, api_base: str, window: float, keys: Secrets | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        api_base: str,
+        window: float,
+        keys: Secrets | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.extra = dict(extra or {})
         self.layout = Layout(workdir / "state")
         self.env_file = workdir / "chaos.env"
         self.runs_file = self.layout.state_dir / "chaos-runs"
@@ -167,6 +175,7 @@ class Appliance:
             "WXRELAY_REDIS_PORT": str(self.redis_port),
             "WXRELAY_REDIS_URL": self.redis_url,
             "WXRELAY_REDIS_ADMIN_PASSWORD": self.secrets.redis_admin_password,
+            **self.extra,
         }
 
     def _environ(self) -> dict[str, str]:

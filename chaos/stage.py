@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,17 +19,23 @@ WECHAT_WINDOW = 5.0
 
 
 @contextmanager
-def stage(window: float = WECHAT_WINDOW, keep: bool = False, workdir: Path | None = None) -> Iterator[Rehearsal]:
+def stage(
+    window: float = WECHAT_WINDOW,
+    keep: bool = False,
+    workdir: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Iterator[Rehearsal]:
     """Start everything; stop the appliance on the way out, also on failure or Ctrl-C.
 
-    The work folder (state, logs, the runs file) is removed afterwards unless `keep`."""
+    The work folder (state, logs, the runs file) is removed afterwards unless `keep`;
+    `extra` settings go to the appliance's env file."""
     own = workdir is None
     folder = Path(tempfile.mkdtemp(prefix="wxrelay-chaos-")) if workdir is None else workdir
     appliance: Appliance | None = None
     try:
         keys = Secrets.fresh()
         with FakeWeChatAPI(appid=APPID, secret=keys.appsecret) as api:
-            appliance = Appliance(folder, api.base_url, window, keys)
+            appliance = Appliance(folder, api.base_url, window, keys, extra)
             late = LateSends(api)
             try:
                 appliance.start()
