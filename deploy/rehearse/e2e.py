@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import yaml
@@ -59,6 +60,7 @@ class Target:
     certificate: Path
     shell: Callable[..., subprocess.CompletedProcess]
     address: str
+    source: str  # where the checks come from: the one address wxrelay_allowed_sources lets in
     relays: int = 3
     workers: int = 2
 
@@ -132,16 +134,21 @@ def say_and_check(target: Target, mode: str, text: str, user: str = "o_rehearsal
     return result.elapsed
 
 
-def check_url_verification(target: Target) -> None:
+def verification_params(target: Target, echostr: str) -> dict[str, str]:
+    """A URL verification (GET) as WeChat signs it."""
     token = target.secrets["vault_wxrelay_wechat_token"]
-    timestamp, nonce, echostr = str(int(time.time())), "271828", "rehearsal-echo-3141"
-    params = {
+    timestamp, nonce = str(int(time.time())), "271828"
+    return {
         "signature": make_signature(token, timestamp, nonce),
         "timestamp": timestamp,
         "nonce": nonce,
         "echostr": echostr,
     }
-    response = httpx.get(f"{target.url}/wechat", params=params, timeout=5)
+
+
+def check_url_verification(target: Target) -> None:
+    echostr = "rehearsal-echo-3141"
+    response = httpx.get(f"{target.url}/wechat", params=verification_params(target, echostr), timeout=5)
     check(
         response.status_code == 200 and response.text == echostr,
         f"URL verification: HTTP {response.status_code} {response.text[:100]!r}",
@@ -151,6 +158,24 @@ def check_url_verification(target: Target) -> None:
     nosniff = response.headers.get("x-content-type-options")
     check(nosniff == "nosniff", f"URL verification echo: X-Content-Type-Options {nosniff!r}, not 'nosniff'")
     passed("the echo carries X-Content-Type-Options: nosniff")
+
+
+def check_allowed_sources(target: Target) -> None:
+    """The host itself is not an allowed source: through nginx, a well-signed
+    request from it is refused, even claiming the allowed address in X-Real-IP
+    (nginx sets that header itself)."""
+    url = "http://127.0.0.1/wechat?" + urlencode(verification_params(target, "rehearsal-echo-2718"))
+    script = (
+        "import urllib.error, urllib.request\n"
+        f"request = urllib.request.Request({url!r}, headers={{'X-Real-IP': {target.source!r}}})\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(request, timeout=5).status)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code)\n"
+    )
+    status = target.shell(f"python3 -c {shell_quote(script)}").stdout.strip()
+    check(status == "403", f"a signed request from the host itself, X-Real-IP {target.source}: HTTP {status}, not 403")
+    passed(f"only {target.source} gets in (wxrelay_allowed_sources): the host itself is refused, X-Real-IP or not")
 
 
 def check_modes(target: Target) -> None:
@@ -422,6 +447,7 @@ def check_https(target: Target) -> None:
 
 CHECKS = (
     check_url_verification,
+    check_allowed_sources,
     check_modes,
     check_bad_signature,
     check_spread,

@@ -46,7 +46,8 @@ from deploy.rehearse import e2e  # noqa: E402
 # sure only one rehearsal uses them at a time.
 NETNS = "wxrelay-rehearse"
 HOST_IF, GUEST_IF = "wxr-host", "wxr-guest"
-HOST_ADDRESS, GUEST_ADDRESS, PREFIX = "10.213.77.1", "10.213.77.2", 30  # tests/deploy/inventory/hosts.yml
+# As in tests/deploy/inventory: hosts.yml (the guest), group_vars (the host, the one allowed source).
+HOST_ADDRESS, GUEST_ADDRESS, PREFIX = "10.213.77.1", "10.213.77.2", 30
 NFT_TABLE = "wxrelay_rehearse"
 LOCK = Path("/run/lock/wxrelay-rehearse.lock")
 MACHINE = "wxrelay-rehearsal"
@@ -396,6 +397,7 @@ class Rehearsal:
                     certificate=ROOT / "tests/deploy/tls/wxrelay.test.crt",
                     shell=self.ssh,
                     address=GUEST_ADDRESS,
+                    source=HOST_ADDRESS,
                 )
             )
 
