@@ -13,6 +13,7 @@ runs), where everything is installed and a missing tool is a failure.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -145,13 +146,21 @@ def test_rendered_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
 
 
 def test_multihost_inventory_wiring(tmp_path: Path) -> None:
-    """Workers on other hosts reach Redis over the private network, with its password."""
+    """Workers on other hosts reach Redis over the private network, as its wxrelay user."""
     rendered = render(TESTS_DEPLOY / "multihost", tmp_path)
     front, worker = rendered / "front1", rendered / "work1"
     password = "multihost-redis-password-0123"
-    # Redis on the front host listens on loopback and its private address ...
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    # Redis on the front host listens on loopback and its private address,
+    # lets in no unnamed client, and keeps the password as a hash only ...
     redis = (front / "redis.conf").read_text()
-    assert "bind 127.0.0.1 198.51.100.10\n" in redis and f"requirepass {password}\n" in redis
+    assert "bind 127.0.0.1 198.51.100.10\n" in redis
+    (default,) = [line for line in redis.splitlines() if line.startswith("user default ")]
+    assert " off " in f"{default} " and not any(word in default for word in (" on", "nopass", "#", ">"))
+    assert f"user wxrelay on #{digest} ~* &* +@all -@dangerous +info\n" in redis
+    assert password not in redis and "requirepass" not in redis
+    # ... with no admin user unless the inventory sets its password ...
+    assert "user admin" not in redis
     assert "maxmemory-policy noeviction" in redis
     # ... its firewall lets the two worker hosts in, and nobody else ...
     firewall = (front / "nftables.conf").read_text()
@@ -159,9 +168,14 @@ def test_multihost_inventory_wiring(tmp_path: Path) -> None:
     assert "ip saddr 198.51.100.12 tcp dport 6379 accept" in firewall
     assert "policy drop" in firewall and "tcp dport { 22, 80, 443 } accept" in firewall
     assert "6379" not in (worker / "nftables.conf").read_text()
-    # ... the workers use that address and password, the front host loopback.
-    assert f'WXRELAY_REDIS_URL="redis://:{password}@198.51.100.10:6379/0"' in (worker / "wxrelay.env").read_text()
-    assert f'WXRELAY_REDIS_URL="redis://:{password}@127.0.0.1:6379/0"' in (front / "wxrelay.env").read_text()
+    # ... the workers use that address, user and password, the front host loopback.
+    url = 'WXRELAY_REDIS_URL="redis://wxrelay:{}@{}:6379/0"'
+    assert url.format(password, "198.51.100.10") in (worker / "wxrelay.env").read_text()
+    assert url.format(password, "127.0.0.1") in (front / "wxrelay.env").read_text()
+    # The new settings, at their defaults.
+    env = (front / "wxrelay.env").read_text()
+    assert 'WXRELAY_REQUIRE_ENCRYPTION="false"' in env and 'WXRELAY_ALLOWED_SOURCES=""' in env
+    assert 'WXRELAY_TRUSTED_PROXIES="127.0.0.1,::1"' in env
     # Each host runs its own part.
     front_programs = (front / "supervisor.conf").read_text()
     worker_programs = (worker / "supervisor.conf").read_text()
@@ -169,6 +183,35 @@ def test_multihost_inventory_wiring(tmp_path: Path) -> None:
     assert "[program:wxrelay-worker]" in worker_programs and "[program:wxrelay-relay]" not in worker_programs
     # Warm shutdown outlasts the longest task (90 s by default).
     assert "stopwaitsecs=120" in worker_programs
+
+
+@pytest.mark.parametrize("version, channels", [("7.0.15", "&* "), ("6.0.16", " ")], ids=["redis-7.0", "redis-6.0"])
+def test_redis_users_by_version_and_the_admin_password_stays_out_of_the_env_file(
+    tmp_path: Path, version: str, channels: str
+) -> None:
+    """Channel rules only where Redis has them; the admin's password in redis.conf, hashed, and nowhere else."""
+    vault = run(
+        [
+            tool("ansible-vault"),
+            "view",
+            "--vault-password-file",
+            str(TESTS_DEPLOY / "vault-password"),
+            str(TESTS_DEPLOY / "inventory/group_vars/all/vault.yml"),
+        ]
+    )
+    assert vault.returncode == 0, output(vault)
+    admin = next(
+        line.split(":", 1)[1].strip().strip('"')
+        for line in vault.stdout.splitlines()
+        if line.startswith("vault_wxrelay_redis_admin_password:")
+    )
+    digest = hashlib.sha256(admin.encode()).hexdigest()
+    host = render(TESTS_DEPLOY / "inventory", tmp_path, "-e", f"redis_version={version}") / "rehearsal"
+    redis = (host / "redis.conf").read_text()
+    assert f"user admin on #{digest} ~* {channels}+@all\n" in redis and admin not in redis
+    assert f" ~* {channels}+@all -@dangerous +info\n" in redis
+    env = (host / "wxrelay.env").read_text()
+    assert admin not in env and digest not in env and "ADMIN" not in env
 
 
 # --- conventions ---------------------------------------------------------------------------
@@ -183,6 +226,11 @@ def test_secrets_follow_the_vault_convention() -> None:
         plain = (inventory / "vars.yml").read_text()
         for secret in ("wechat_token", "wechat_appid", "wechat_aes_key", "wechat_appsecret", "redis_password"):
             assert f'wxrelay_{secret}: "{{{{ vault_wxrelay_{secret} }}}}"' in plain
+    # The admin's password is optional: a vault made before it existed still works.
+    assert "wxrelay_redis_admin_password: \"{{ vault_wxrelay_redis_admin_password | default('') }}\"" in (
+        (example / "vars.yml").read_text()
+    )
+    assert 'vault_wxrelay_redis_admin_password: ""' in (example / "vault.yml.example").read_text()
 
 
 def load_wheelhouse_module():

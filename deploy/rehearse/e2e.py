@@ -2,12 +2,15 @@
 
 Used by the rehearsal (deploy/rehearse/rehearse.py) against its container;
 `shell` runs a command on the host as the deploy user (with sudo), for what
-only the host itself can see: each relay's /metrics, supervisor, systemd and
-Redis on loopback.
+only the host itself can see: each relay's /metrics and /healthz, supervisor,
+systemd, Redis on loopback, and the hardening of the files and processes.
+Secrets reach the host on the command's standard input, never in its command
+line (which ps shows), and no failure message prints one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -18,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import yaml
@@ -29,6 +34,18 @@ from wechat.signature import make_signature
 ECHO = re.compile(r"^Hi (?P<user>\S+), you said: (?P<text>.*)$")
 SERVICES = ("nginx", "redis-server", "supervisor", "nftables", "ssh")
 RELAY_PORT = 8001
+REDIS_PORT = 6379
+# Where the roles put things (deploy/ansible/roles/wxrelay/defaults/main.yml).
+SERVICE_USER = "wxrelay"
+REDIS_USER = "wxrelay"
+ENV_FILE = "/etc/wxrelay/wxrelay.env"
+APP_DIR = "/opt/wxrelay"
+REDIS_CONF = "/etc/redis/redis.conf"
+SUPERVISOR_SOCKET = "/var/run/supervisor.sock"
+# A relay just restarted takes a moment to resubscribe and see the workers.
+HEALTHY_WITHIN = 15.0
+
+T = TypeVar("T")
 
 
 class CheckFailed(Exception):
@@ -43,6 +60,7 @@ class Target:
     certificate: Path
     shell: Callable[..., subprocess.CompletedProcess]
     address: str
+    source: str  # where the checks come from: the one address wxrelay_allowed_sources lets in
     relays: int = 3
     workers: int = 2
 
@@ -68,6 +86,16 @@ def read_vault(vault: Path, password_file: Path) -> dict[str, str]:
         timeout=60,
     ).stdout
     return yaml.safe_load(out)
+
+
+def wait_for(probe: Callable[[], T], done: Callable[[T], bool], within: float, interval: float = 0.5) -> T:
+    """probe() until done(its value) or the deadline passes; its last value."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 def check(condition: object, message: str) -> None:
@@ -106,21 +134,48 @@ def say_and_check(target: Target, mode: str, text: str, user: str = "o_rehearsal
     return result.elapsed
 
 
-def check_url_verification(target: Target) -> None:
+def verification_params(target: Target, echostr: str) -> dict[str, str]:
+    """A URL verification (GET) as WeChat signs it."""
     token = target.secrets["vault_wxrelay_wechat_token"]
-    timestamp, nonce, echostr = str(int(time.time())), "271828", "rehearsal-echo-3141"
-    params = {
+    timestamp, nonce = str(int(time.time())), "271828"
+    return {
         "signature": make_signature(token, timestamp, nonce),
         "timestamp": timestamp,
         "nonce": nonce,
         "echostr": echostr,
     }
-    response = httpx.get(f"{target.url}/wechat", params=params, timeout=5)
+
+
+def check_url_verification(target: Target) -> None:
+    echostr = "rehearsal-echo-3141"
+    response = httpx.get(f"{target.url}/wechat", params=verification_params(target, echostr), timeout=5)
     check(
         response.status_code == 200 and response.text == echostr,
         f"URL verification: HTTP {response.status_code} {response.text[:100]!r}",
     )
     passed("URL verification (GET with echostr) answered through nginx")
+    # The echo is text the caller chose: no browser may take it for HTML.
+    nosniff = response.headers.get("x-content-type-options")
+    check(nosniff == "nosniff", f"URL verification echo: X-Content-Type-Options {nosniff!r}, not 'nosniff'")
+    passed("the echo carries X-Content-Type-Options: nosniff")
+
+
+def check_allowed_sources(target: Target) -> None:
+    """The host itself is not an allowed source: through nginx, a well-signed
+    request from it is refused, even claiming the allowed address in X-Real-IP
+    (nginx sets that header itself)."""
+    url = "http://127.0.0.1/wechat?" + urlencode(verification_params(target, "rehearsal-echo-2718"))
+    script = (
+        "import urllib.error, urllib.request\n"
+        f"request = urllib.request.Request({url!r}, headers={{'X-Real-IP': {target.source!r}}})\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(request, timeout=5).status)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code)\n"
+    )
+    status = target.shell(f"python3 -c {shell_quote(script)}").stdout.strip()
+    check(status == "403", f"a signed request from the host itself, X-Real-IP {target.source}: HTTP {status}, not 403")
+    passed(f"only {target.source} gets in (wxrelay_allowed_sources): the host itself is refused, X-Real-IP or not")
 
 
 def check_modes(target: Target) -> None:
@@ -186,27 +241,185 @@ def check_processes(target: Target) -> None:
     failed = target.shell("systemctl list-units --failed --plain --no-legend", check=False).stdout.strip()
     check(not failed, f"failed units:\n{failed}")
     passed(f"systemd: {', '.join(SERVICES)} active, no failed unit")
-    health = httpx.get(f"{target.url}/healthz", timeout=5).json()
-    check(health.get("status") == "ok" and health.get("workers") == target.workers, f"/healthz: {health}")
-    passed(f"/healthz through nginx: {health}")
+    users = target.shell("ps -eo user=,args=", check=False).stdout.splitlines()
+    ours = [line.split(None, 1) for line in users if f" {APP_DIR}/venv/" in line]
+    check(
+        len(ours) >= target.relays + target.workers and all(user == SERVICE_USER for user, _ in ours),
+        "relay and worker processes not all run as " + SERVICE_USER + ":\n" + "\n".join(" ".join(o) for o in ours),
+    )
+    passed(f"all {len(ours)} relay and worker processes run as {SERVICE_USER}")
+
+
+def relay_health(target: Target) -> dict[str, object]:
+    """The detailed /healthz of the first relay, from the host itself (loopback)."""
+    script = (
+        "import urllib.error, urllib.request\n"
+        "try:\n"
+        f"    print(urllib.request.urlopen('http://127.0.0.1:{RELAY_PORT}/healthz', timeout=5).read().decode())\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.read().decode())\n"
+    )
+    return json.loads(target.shell(f"python3 -c {shell_quote(script)}").stdout)
+
+
+def check_health(target: Target) -> None:
+    response = wait_for(
+        lambda: httpx.get(f"{target.url}/healthz", timeout=5), lambda r: r.status_code == 200, HEALTHY_WITHIN
+    )
+    kind = response.headers.get("content-type", "")
+    check(
+        response.status_code == 200 and response.text == "ok" and kind.startswith("text/plain"),
+        f"/healthz through nginx: HTTP {response.status_code} {kind} {response.text[:200]!r}, not a bare ok",
+    )
+    passed("/healthz through nginx: exactly 'ok' (text/plain), no details")
+    health = wait_for(
+        lambda: relay_health(target),
+        lambda h: h.get("status") == "ok" and h.get("workers") == target.workers,
+        HEALTHY_WITHIN,
+    )
+    check(health.get("status") == "ok", f"relay /healthz: {health}")
+    check(health.get("workers") == target.workers, f"relay /healthz: not {target.workers} workers: {health}")
+    passed(f"/healthz on relay port {RELAY_PORT} (loopback): {health}")
+
+
+def check_server_header(target: Target) -> None:
+    """nginx names itself and no version, on proxied answers and its own errors alike."""
+    for path, status in (("/livez", 200), ("/metrics", 404), ("/no-such-page", 404)):
+        response = httpx.get(f"{target.url}{path}", timeout=5)
+        server = response.headers.get("server")
+        check(response.status_code == status, f"{path} through nginx: HTTP {response.status_code}, not {status}")
+        check(server == "nginx", f"{path} through nginx: Server {server!r}, not 'nginx'")
+    passed("Server header exactly 'nginx' (no version) on /livez and on 404s")
+
+
+def redis_cli(target: Target, *args: str, user: str | None = None, secret: str | None = None) -> str:
+    """redis-cli on the host, its replies and errors; the password (the vault
+    variable named `secret`) goes in on stdin, into REDISCLI_AUTH."""
+    command = f"redis-cli -h 127.0.0.1 -p {REDIS_PORT} " + (f"--user {user} " if user else "")
+    command += " ".join(shell_quote(arg) for arg in args)
+    if secret is None:
+        result = target.shell(command, check=False)
+    else:
+        result = target.shell(
+            f"read -r REDISCLI_AUTH && export REDISCLI_AUTH && {command}",
+            check=False,
+            input=target.secrets[secret] + "\n",
+        )
+    return (result.stdout + result.stderr).strip()
 
 
 def check_redis(target: Target) -> None:
-    anonymous = target.shell("redis-cli -h 127.0.0.1 -p 6379 ping", check=False).stdout.strip()
-    check("NOAUTH" in anonymous, f"Redis answered an unauthenticated client: {anonymous!r}")
-    authenticated = target.shell(
-        "REDISCLI_AUTH=\"$(sudo sed -n 's/^requirepass //p' /etc/redis/redis.conf)\" "
-        "redis-cli -h 127.0.0.1 -p 6379 ping",
-        check=False,
+    anonymous = redis_cli(target, "ping")
+    check("NOAUTH" in anonymous and "PONG" not in anonymous, f"Redis answered an unauthenticated client: {anonymous!r}")
+    passed("Redis refuses an unauthenticated client (NOAUTH)")
+    # AUTH <password> signs in as the default user, which is off.
+    legacy = redis_cli(target, "ping", secret="vault_wxrelay_redis_password")
+    check("WRONGPASS" in legacy and "PONG" not in legacy, f"Redis took AUTH <password> (default user): {legacy!r}")
+    passed("Redis refuses the legacy AUTH <password> (the default user is off)")
+
+    def app(*args: str) -> str:
+        return redis_cli(target, *args, user=REDIS_USER, secret="vault_wxrelay_redis_password")
+
+    probe = "wxrelay:rehearsal:acl-probe"
+    pong = app("ping")
+    check(pong == "PONG", f"Redis as {REDIS_USER}: PING answered {pong!r}")
+    stored = (app("set", probe, "42"), app("get", probe), app("del", probe))
+    check(stored == ("OK", "42", "1"), f"Redis as {REDIS_USER}: SET, GET, DEL answered {stored}")
+    info = app("info", "memory")
+    check("used_memory:" in info, f"Redis as {REDIS_USER}: INFO memory answered {info[:200]!r}")
+    for command in (("config", "get", "maxmemory-policy"), ("flushall",), ("keys", "*")):
+        reply = app(*command)
+        check(reply.startswith("NOPERM"), f"Redis as {REDIS_USER}: {' '.join(command)} answered {reply[:200]!r}")
+    # DEBUG is off for every user anyway (enable-debug-command): the ACL's own
+    # verdict comes from ACL DRYRUN, the admin's.
+    debug = app("debug", "sleep", "0")
+    check(debug.startswith(("NOPERM", "ERR")), f"Redis as {REDIS_USER}: DEBUG answered {debug[:200]!r}")
+    passed(f"Redis as {REDIS_USER}: PING, SET/GET, INFO; CONFIG GET, FLUSHALL, KEYS refused (NOPERM), DEBUG refused")
+
+    def admin(*args: str) -> str:
+        return redis_cli(target, *args, user="admin", secret="vault_wxrelay_redis_admin_password")
+
+    dryrun = admin("acl", "dryrun", REDIS_USER, "debug", "sleep", "0")
+    check("no permissions" in dryrun, f"ACL DRYRUN {REDIS_USER} DEBUG: {dryrun[:200]!r}")
+    policy = admin("config", "get", "maxmemory-policy")
+    check(policy.split() == ["maxmemory-policy", "noeviction"], f"maxmemory-policy: {policy!r}")
+    passed(f"Redis as admin: the ACL refuses DEBUG to {REDIS_USER} (ACL DRYRUN); maxmemory-policy noeviction")
+
+    listening = target.shell("sudo ss -Hltnp", check=False).stdout.splitlines()
+    addresses = [line.split()[3] for line in listening if '"redis-server"' in line]
+    check(
+        addresses and all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]") for a in addresses),
+        f"Redis listens on {addresses}, not on loopback only",
+    )
+    passed(f"Redis listens on loopback only: {', '.join(addresses)}")
+
+
+def check_host_files(target: Target) -> None:
+    """The service reads its settings and runs its code, and can change neither."""
+
+    def stat(path: str) -> str:
+        return target.shell(f"sudo stat -c '%U:%G %a' {shell_quote(path)}", check=False).stdout.strip()
+
+    def service_can(test: str, path: str) -> bool:
+        argv = f"sudo -u {SERVICE_USER} test -{test} {shell_quote(path)}"
+        return target.shell(argv, check=False).returncode == 0
+
+    folder = ENV_FILE.rsplit("/", 1)[0]
+    check(stat(ENV_FILE) == f"root:{SERVICE_USER} 640", f"{ENV_FILE}: {stat(ENV_FILE)}, not root:{SERVICE_USER} 640")
+    check(stat(folder) == f"root:{SERVICE_USER} 750", f"{folder}: {stat(folder)}, not root:{SERVICE_USER} 750")
+    check(service_can("r", ENV_FILE), f"{SERVICE_USER} cannot read {ENV_FILE}")
+    check(not service_can("w", ENV_FILE) and not service_can("w", folder), f"{SERVICE_USER} can change {ENV_FILE}")
+    env = target.shell(f"sudo cat {ENV_FILE}").stdout
+    check(
+        f'WXRELAY_REDIS_URL="redis://{REDIS_USER}:' in env,
+        f"{ENV_FILE}: WXRELAY_REDIS_URL does not name the Redis user {REDIS_USER}",
+    )
+    admin = target.secrets["vault_wxrelay_redis_admin_password"]
+    check(
+        "REDIS_ADMIN" not in env and admin not in env and hashlib.sha256(admin.encode()).hexdigest() not in env,
+        f"{ENV_FILE} holds the Redis admin password (vault_wxrelay_redis_admin_password) or its hash",
+    )
+    passed(
+        f"{ENV_FILE} root:{SERVICE_USER} 0640 in a 0750 folder: {SERVICE_USER} reads it, cannot change it; "
+        "the Redis URL names its user, no admin password"
+    )
+
+    loose = target.shell(
+        f"sudo find {APP_DIR} \\( ! -user root -o ! -type l -perm /022 \\) -print | head -5", check=False
     ).stdout.strip()
-    check(authenticated == "PONG", f"Redis with its password: {authenticated!r}")
-    policy = target.shell(
-        "REDISCLI_AUTH=\"$(sudo sed -n 's/^requirepass //p' /etc/redis/redis.conf)\" "
-        "redis-cli --no-raw config get maxmemory-policy",
-        check=False,
-    ).stdout
-    check("noeviction" in policy, f"maxmemory-policy: {policy!r}")
-    passed("Redis refuses unauthenticated clients (NOAUTH), maxmemory-policy noeviction")
+    check(not loose, f"{APP_DIR} has files not root's or writable by others:\n{loose}")
+    site = target.shell(f"ls -d {APP_DIR}/venv/lib/python3*/site-packages", check=False).stdout.strip()
+    paths = [APP_DIR, f"{APP_DIR}/venv", f"{APP_DIR}/venv/bin", f"{APP_DIR}/venv/bin/python", f"{APP_DIR}/bot", site]
+    check(site and all(service_can("e", path) for path in paths), f"missing in {APP_DIR}: {paths}")
+    writable = [path for path in paths if service_can("w", path)]
+    check(not writable, f"{SERVICE_USER} can write {writable}")
+    passed(
+        f"{APP_DIR} all root's, nothing group- or world-writable; {SERVICE_USER} cannot write the venv or its python"
+    )
+
+    mode = stat(REDIS_CONF)
+    check(mode.endswith("0") and mode.split()[0].endswith(":redis"), f"{REDIS_CONF}: {mode}, readable by others")
+    conf = target.shell(f"sudo cat {REDIS_CONF}").stdout
+    for name in ("vault_wxrelay_redis_password", "vault_wxrelay_redis_admin_password"):
+        check(target.secrets[name] not in conf, f"{REDIS_CONF} holds {name} in plaintext")
+    users = [line for line in conf.splitlines() if line.startswith("user ")]
+    digest = hashlib.sha256(target.secrets["vault_wxrelay_redis_password"].encode()).hexdigest()
+    check(
+        "requirepass" not in conf
+        and all(">" not in line for line in users)
+        and f"user {REDIS_USER} on #{digest} " in conf,
+        f"{REDIS_CONF}: its users are not passworded by hash only:\n" + "\n".join(u[:40] for u in users),
+    )
+    passed(f"{REDIS_CONF} {mode}: not world-readable, passwords as SHA-256 only (#<hash>), no requirepass")
+
+    socket_mode = target.shell(f"sudo stat -L -c '%U %a' {SUPERVISOR_SOCKET}", check=False).stdout.strip()
+    check(socket_mode == "root 700", f"{SUPERVISOR_SOCKET}: {socket_mode}, not root 700")
+    control = target.shell(f"sudo -u {SERVICE_USER} supervisorctl status", check=False)
+    check(
+        control.returncode != 0 and "RUNNING" not in control.stdout,
+        f"{SERVICE_USER} can use supervisorctl:\n{control.stdout}",
+    )
+    passed(f"supervisor's socket root 0700: supervisorctl as {SERVICE_USER} fails ({control.stdout.strip()[:80]})")
 
 
 def check_closed_from_outside(target: Target) -> None:
@@ -228,17 +441,22 @@ def check_https(target: Target) -> None:
     context.check_hostname = False  # the test certificate names wxrelay.test, reached by address
     response = httpx.get(f"{target.https}/livez", verify=context, timeout=5)
     check(response.status_code == 200 and response.text == "ok", f"https /livez: {response.status_code}")
+    check(response.headers.get("server") == "nginx", f"https /livez: Server {response.headers.get('server')!r}")
     passed("HTTPS with the provided certificate")
 
 
 CHECKS = (
     check_url_verification,
+    check_allowed_sources,
     check_modes,
     check_bad_signature,
     check_spread,
     check_relay_down,
     check_processes,
+    check_health,
+    check_server_header,
     check_redis,
+    check_host_files,
     check_closed_from_outside,
     check_https,
 )

@@ -5,9 +5,10 @@ namespace of its own (a veth pair, and an nftables masquerade so that its apt
 reaches the Debian mirror). Then, as a user would:
 
 1. `make deploy` with the test inventory and test-only vault (tests/deploy);
-2. `make deploy` again, which must report changed=0 on every host;
-3. end-to-end checks from this machine through the container's nginx
-   (deploy/rehearse/e2e.py).
+2. `make deploy` again, which must report changed=0 on every host; both with
+   --diff, and neither output may show a secret of the vault;
+3. end-to-end checks from this machine through the container's nginx, and of
+   the host's hardening from inside it (deploy/rehearse/e2e.py).
 
 Everything it sets up is torn down at the end, on failure too: the container
 (powered off from inside), the namespace, the nftables table, the forwarding
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -44,7 +46,8 @@ from deploy.rehearse import e2e  # noqa: E402
 # sure only one rehearsal uses them at a time.
 NETNS = "wxrelay-rehearse"
 HOST_IF, GUEST_IF = "wxr-host", "wxr-guest"
-HOST_ADDRESS, GUEST_ADDRESS, PREFIX = "10.213.77.1", "10.213.77.2", 30  # tests/deploy/inventory/hosts.yml
+# As in tests/deploy/inventory: hosts.yml (the guest), group_vars (the host, the one allowed source).
+HOST_ADDRESS, GUEST_ADDRESS, PREFIX = "10.213.77.1", "10.213.77.2", 30
 NFT_TABLE = "wxrelay_rehearse"
 LOCK = Path("/run/lock/wxrelay-rehearse.lock")
 MACHINE = "wxrelay-rehearsal"
@@ -59,6 +62,9 @@ MIRROR = os.environ.get("WXRELAY_REHEARSE_MIRROR", "http://deb.debian.org/debian
 # first play installs it.
 PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,sudo,ca-certificates,iproute2"
 REQUIRED = ("systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "nsenter", "make", "chroot")
+# The AppID is public (every message names it); every other vault value is a
+# secret that Ansible's output, diffs included, must never show.
+PUBLIC = {"vault_wxrelay_wechat_appid"}
 
 
 class RehearsalError(Exception):
@@ -296,7 +302,10 @@ class Rehearsal:
             except subprocess.TimeoutExpired:
                 continue
 
-    def ssh(self, command: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def ssh(
+        self, command: str, *, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """`command` as the admin user; secrets go in on `input`, never in the command line."""
         argv = [
             "ssh",
             "-i",
@@ -314,7 +323,7 @@ class Rehearsal:
             f"{ADMIN}@{GUEST_ADDRESS}",
             command,
         ]
-        return run(argv, check=check, timeout=timeout)
+        return run(argv, check=check, timeout=timeout, input=input)
 
     # --- the deploys -----------------------------------------------------------------
 
@@ -328,7 +337,8 @@ class Rehearsal:
             f"VENV={sys.prefix}",
             f"INVENTORY={INVENTORY}",
             f"VAULT_PASSWORD_FILE={VAULT_PASSWORD}",
-            f"ANSIBLE_ARGS=-e app_project_dir={self.snapshot}",
+            # --diff as an operator upgrading would run it: the secrets must not show.
+            f"ANSIBLE_ARGS=--diff -e app_project_dir={self.snapshot}",
         ]
         env = {**os.environ, "WXRELAY_REHEARSE_SSH_KEY": str(self.key), "ANSIBLE_FORCE_COLOR": "0"}
         output_path = self.work / f"{name}.log"
@@ -353,6 +363,7 @@ class Rehearsal:
         return output
 
     def rehearse(self) -> None:
+        secrets = e2e.read_vault(VAULT, VAULT_PASSWORD)
         with self.timings.step("debootstrap (fresh Debian 12 tree)"):
             self.build_tree()
         self.prepare_tree()
@@ -361,9 +372,16 @@ class Rehearsal:
             self.network_up()
             self.boot()
         with self.timings.step("first converge (make deploy)"):
-            self.deploy("converge-1")
+            first = self.deploy("converge-1")
         with self.timings.step("second converge (make deploy)"):
             second = self.deploy("converge-2")
+        # The TLS key is a secret too (its copy is no_log): one line of it stands for all.
+        key_lines = (ROOT / "tests/deploy/tls/wxrelay.test.key").read_text().splitlines()
+        tls_key = key_lines[len(key_lines) // 2]
+        shown = leaked(first + second, {**secrets, "the TLS key (tests/deploy/tls)": tls_key})
+        if shown:
+            raise RehearsalError(f"Ansible's output (converge-*.log) shows {', '.join(shown)}")
+        log("no secret of the vault in Ansible's output (--diff)")
         recap = recap_counts(second)
         log("second converge recap: " + ", ".join(f"{host}: changed={c['changed']}" for host, c in recap.items()))
         changed = {host: counts for host, counts in recap.items() if counts["changed"] or counts["failed"]}
@@ -375,10 +393,11 @@ class Rehearsal:
                 e2e.Target(
                     url=f"http://{GUEST_ADDRESS}",
                     https=f"https://{GUEST_ADDRESS}",
-                    secrets=e2e.read_vault(VAULT, VAULT_PASSWORD),
+                    secrets=secrets,
                     certificate=ROOT / "tests/deploy/tls/wxrelay.test.crt",
                     shell=self.ssh,
                     address=GUEST_ADDRESS,
+                    source=HOST_ADDRESS,
                 )
             )
 
@@ -402,6 +421,20 @@ def recap_counts(output: str) -> dict[str, dict[str, int]]:
     for match in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output.split("PLAY RECAP")[-1], re.MULTILINE):
         recap[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
     return recap
+
+
+def leaked(output: str, secrets: dict[str, str]) -> list[str]:
+    """The names of the secrets that output shows, and of the Redis passwords' hashes
+    (what redis.conf holds): names only, never the values."""
+    found = []
+    for name, value in sorted(secrets.items()):
+        if name in PUBLIC or not value:
+            continue
+        if value in output:
+            found.append(name)
+        if name.startswith("vault_wxrelay_redis_") and hashlib.sha256(value.encode()).hexdigest() in output:
+            found.append(f"the SHA-256 of {name}")
+    return found
 
 
 def changed_tasks(output: str) -> list[str]:
