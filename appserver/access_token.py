@@ -1,6 +1,13 @@
 """The access_token, owned centrally as WeChat asks: one copy in Redis for
 every worker, fetched by one process at a time under a lock, refreshed
-before it expires."""
+before it expires.
+
+It comes from stable_token, which hands every caller of one AppID the same
+token until it expires: another service of the account that fetches one does
+not invalidate ours, nor we theirs (cgi-bin/token mints a new one each time,
+ending the one before — the 40001 every SDK's users know). A new token is
+forced only when a token WeChat refused comes back from a plain fetch, once
+per refused token."""
 
 from __future__ import annotations
 
@@ -16,6 +23,9 @@ log = logging.getLogger("wxrelay.access_token")
 
 TOKEN_KEY = PREFIX + "access_token"
 LOCK_KEY = PREFIX + "access_token:lock"
+# The token WeChat last refused: a plain fetch handing it back again forces a new one.
+REFUSED_KEY = PREFIX + "access_token:refused"
+REFUSED_SECONDS = 600
 # Refresh this long before WeChat's expiry; the old token stays valid 5 more
 # minutes after a refresh, so in-flight sends are never cut off.
 EARLY = 300
@@ -23,7 +33,12 @@ LOCK_SECONDS = 10
 
 # Drop the cached token only if it is still the one that failed, so a burst of
 # failures triggers one refresh, not one per sender.
-_DISCARD = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_DISCARD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 class TokenError(Exception):
@@ -34,8 +49,9 @@ class AccessTokens:
     def __init__(self, client: redis.Redis, http: httpx.Client, api_base: str, appid: str, secret: str) -> None:
         self._client = client
         self._http = http
-        self._url = f"{api_base.rstrip('/')}/cgi-bin/token"
-        self._params = {"grant_type": "client_credential", "appid": appid, "secret": secret}
+        self._url = f"{api_base.rstrip('/')}/cgi-bin/stable_token"
+        # In the body, not the query string: a URL is what proxies and libraries log.
+        self._request = {"grant_type": "client_credential", "appid": appid, "secret": secret}
         self._discard = client.register_script(_DISCARD)
 
     def get(self) -> str:
@@ -54,14 +70,22 @@ class AccessTokens:
         raise TokenError("timed out waiting for another process to fetch the access_token")
 
     def discard(self, token: str) -> None:
-        self._discard(keys=[TOKEN_KEY], args=[token])
+        self._discard(keys=[TOKEN_KEY, REFUSED_KEY], args=[token, REFUSED_SECONDS])
 
     def _fetch(self) -> str:
-        answer = self._http.get(self._url, params=self._params).json()
+        refused = self._client.get(REFUSED_KEY)
+        token, expires_in = self._stable_token(force=False)
+        if refused is not None and token == refused.decode():
+            log.info("WeChat handed back the access_token it refused: forcing a new one")
+            token, expires_in = self._stable_token(force=True)
+        self._client.set(TOKEN_KEY, token, ex=max(expires_in - EARLY, 60))
+        self._client.delete(REFUSED_KEY)
+        log.info("fetched the access_token (expires in %d s)", expires_in)
+        return token
+
+    def _stable_token(self, force: bool) -> tuple[str, int]:
+        answer = self._http.post(self._url, json={**self._request, "force_refresh": force}).json()
         token = answer.get("access_token")
         if not token:
             raise TokenError(f"token refused: errcode={answer.get('errcode')} {answer.get('errmsg', '')}")
-        expires_in = int(answer.get("expires_in", 7200))
-        self._client.set(TOKEN_KEY, token, ex=max(expires_in - EARLY, 60))
-        log.info("fetched a new access_token (expires in %d s)", expires_in)
-        return token
+        return token, int(answer.get("expires_in", 7200))

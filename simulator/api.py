@@ -1,10 +1,13 @@
-"""The simulator's stand-in for WeChat's API servers (access_token, customer-service send, callback addresses).
+"""The simulator's stand-in for WeChat's API servers (access_token and stable_token, customer-service
+send, callback addresses).
 
 WeChat's servers are outside the machine, so this is the one fake the test
 suite allows; the fault rehearsal (`make chaos`) counts late replies with it
 too. It answers like api.weixin.qq.com: HTTP 200 with a JSON errcode, and
 keeps every issued token valid until `expire_tokens()` (WeChat keeps the
-previous token alive for five minutes after a new fetch).
+previous token alive for five minutes after a new fetch). stable_token hands
+out one token per AppID until it expires, a new one only when forced, and a
+forced refresh ends the one before, as WeChat's does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ ERRMSG = {
     40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
     40013: "invalid appid",
+    40125: "invalid appsecret",
     41001: "access_token missing",
     42001: "access_token expired",
     44002: "empty post data",
@@ -66,6 +70,9 @@ class FakeWeChatAPI:
         self._messages: list[dict[str, Any]] = []
         self._send_attempts: list[SendAttempt] = []
         self._issued: list[str] = []
+        self._stable: str | None = None
+        self._stable_revoked = False
+        self._forced_refreshes = 0
         # What getcallbackip lists: loopback, where the tests' WeChat calls from.
         self._callback_ips: list[str] = ["127.0.0.1"]
         self._callback_ip_requests = 0
@@ -109,6 +116,20 @@ class FakeWeChatAPI:
         """Successful token fetches."""
         with self._changed:
             return self._token_requests
+
+    @property
+    def forced_refreshes(self) -> int:
+        """stable_token calls with force_refresh: each ends the token before it."""
+        with self._changed:
+            return self._forced_refreshes
+
+    def revoke_stable_token(self) -> None:
+        """Sends refuse the current stable token (40001), yet stable_token keeps handing it out
+        until a forced refresh: the case WeChat's force_refresh is for."""
+        with self._changed:
+            self._stable_revoked = True
+            if self._stable is not None:
+                self._valid_tokens.discard(self._stable)
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -189,7 +210,7 @@ class FakeWeChatAPI:
             if not self._changed.wait_for(lambda: predicate(self), timeout):
                 raise TimeoutError(f"FakeWeChatAPI: condition not met within {timeout} s")
 
-    def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
+    def _wait_while_held(self) -> None:
         with self._changed:
             # Only held requests count as waiting, so a test can wait for the count it expects.
             if self._tokens_held:
@@ -198,19 +219,51 @@ class FakeWeChatAPI:
                 self._changed.wait_for(lambda: not self._tokens_held)
                 self._tokens_waiting -= 1
                 self._changed.notify_all()
+
+    def _mint(self) -> str:
+        """A new valid token (the caller holds the lock)."""
+        token = f"fake_access_token_{secrets.token_hex(16)}"
+        self._valid_tokens.add(token)
+        self._issued.append(token)
+        return token
+
+    def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
+        self._wait_while_held()
         if query.get("grant_type") != "client_credential":
             return _error(40002)
         if query.get("appid") != self.appid:
             return _error(40013)
         if query.get("secret") != self.secret:
             return _error(40001)
-        token = f"fake_access_token_{secrets.token_hex(16)}"
         with self._changed:
             self._token_requests += 1
-            self._valid_tokens.add(token)
-            self._issued.append(token)
+            token = self._mint()
             self._changed.notify_all()
         return {"access_token": token, "expires_in": self.expires_in}
+
+    def stable_token(self, body: bytes) -> dict[str, Any]:
+        self._wait_while_held()
+        try:
+            request = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return _error(47001)
+        if not isinstance(request, dict) or request.get("grant_type") != "client_credential":
+            return _error(40002)
+        if request.get("appid") != self.appid:
+            return _error(40013)
+        if request.get("secret") != self.secret:
+            return _error(40125)
+        with self._changed:
+            self._token_requests += 1
+            if request.get("force_refresh"):
+                self._forced_refreshes += 1
+                if self._stable is not None:
+                    self._valid_tokens.discard(self._stable)
+                self._stable, self._stable_revoked = self._mint(), False
+            elif self._stable is None or (self._stable not in self._valid_tokens and not self._stable_revoked):
+                self._stable = self._mint()
+            self._changed.notify_all()
+            return {"access_token": self._stable, "expires_in": self.expires_in}
 
     def callback_ips(self, query: dict[str, str]) -> dict[str, Any]:
         with self._changed:
@@ -288,7 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path, query = self._target()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if path == "/cgi-bin/message/custom/send":
+        if path == "/cgi-bin/stable_token":
+            self._answer(self.server.api.stable_token(body))
+        elif path == "/cgi-bin/message/custom/send":
             answer = self.server.api.custom_send(query, body)
             if answer is None:
                 self.close_connection = True

@@ -189,3 +189,26 @@ def test_reset_failures_forgets_pending_errors_and_drops(api: FakeWeChatAPI) -> 
 
     assert send(api, token, text_payload("hi")) == {"errcode": 0, "errmsg": "ok"}
     assert [a.errcode for a in api.send_attempts] == [0]
+
+
+def stable(api: FakeWeChatAPI, force: bool = False, secret: str = SECRET) -> dict:
+    body = {"grant_type": "client_credential", "appid": APPID, "secret": secret, "force_refresh": force}
+    return httpx.post(f"{api.base_url}/cgi-bin/stable_token", json=body, trust_env=False).json()
+
+
+def test_stable_token_hands_out_one_token_until_forced_and_forcing_ends_the_old(api: FakeWeChatAPI) -> None:
+    first = stable(api)["access_token"]
+    assert stable(api)["access_token"] == first
+    forced = stable(api, force=True)["access_token"]
+    assert forced != first and api.forced_refreshes == 1
+    assert send(api, first, text_payload("hi"))["errcode"] == 40001
+    assert send(api, forced, text_payload("hi"))["errcode"] == 0
+    assert stable(api, secret="wrong")["errcode"] == 40125
+
+
+def test_a_revoked_stable_token_comes_back_until_a_forced_refresh(api: FakeWeChatAPI) -> None:
+    token = stable(api)["access_token"]
+    api.revoke_stable_token()
+    assert send(api, token, text_payload("hi"))["errcode"] == 40001
+    assert stable(api)["access_token"] == token
+    assert stable(api, force=True)["access_token"] != token
