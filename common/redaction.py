@@ -45,10 +45,8 @@ class Redactor(logging.Filter):
         return _URL_PASSWORD.sub(lambda match: f"{match.group(1)}{MASK}@", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        # Formatted once, here: the handler's formatter then finds no arguments left to apply.
+        record.msg, record.args = self.redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

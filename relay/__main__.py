@@ -27,8 +27,7 @@ async def serve(settings: Settings, address: str, port: int) -> None:
         raise InvalidConfigError(str(exc)) from None
     relay.listener.start()
     relay.replayer.start()
-    await relay.sources.refresh()
-    relay.sources.start()
+    await relay.sources.start()
     lag_probe = watch_loop_lag()
     # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).
     server = HTTPServer(make_app(relay), idle_connection_timeout=60)

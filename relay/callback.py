@@ -38,7 +38,7 @@ class CallbackHandler(RelayHandler):
         # Checked before the body is read: an unsigned or oversize request
         # costs us nothing but its headers.
         try:
-            if not self.relay.sources.admits(self.relay.sources.client_address(self.request)):
+            if not self.relay.sources.admits(self.request):
                 raise Rejected(403, "source_address", "source address not allowed")
             self.check_signature()
             if self.request.method == "POST" and self.config.require_encryption and not self.encrypted:

@@ -50,20 +50,22 @@ class SourceFilter:
         self.wechat: WeChatAddresses | None = None
         self._refresher: PeriodicCallback | None = None
 
-    def client_address(self, request: HTTPServerRequest) -> str:
+    def _client_address(self, request: HTTPServerRequest) -> str:
         peer = request.remote_ip or ""
         if _within(peer, self._proxies):
             return request.headers.get("X-Real-IP", peer)
         return peer
 
-    def admits(self, address: str) -> bool:
+    def admits(self, request: HTTPServerRequest) -> bool:
         if not self.enabled:
             return True
         wechat = self.wechat.networks if self.wechat is not None else ()
-        return _within(address, self._static + wechat)
+        return _within(self._client_address(request), self._static + wechat)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Read WeChat's addresses now, then every REFRESH seconds (only when they are wanted)."""
         if self.wants_wechat:
+            await self.refresh()
             self._refresher = PeriodicCallback(self.refresh, REFRESH * 1000)
             self._refresher.start()
 
