@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from common import accounts
+from common.accounts import Accounts
 from common.settings import Settings
 from wechat.exceptions import InvalidConfigError
 
@@ -99,11 +101,21 @@ class Local:
     def callback_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.http_port}/wechat"
 
+    def accounts(self) -> Accounts:
+        """The accounts it serves; those naming no Redis of their own use this appliance's."""
+        return accounts.load(replace(self.settings, redis_url=self.redis_url, accounts_file=self.accounts_file))
+
+    @property
+    def accounts_file(self) -> str:
+        # The processes run in the project's folder, not where `make run` was typed.
+        return str(Path(self.settings.accounts_file).absolute()) if self.settings.accounts_file else ""
+
     def environ(self) -> dict[str, str]:
         """The variables the relays and workers run with: every process talks to this Redis."""
         return {
             **self.settings.as_environ(),
             "WXRELAY_REDIS_URL": self.redis_url,
+            "WXRELAY_ACCOUNTS_FILE": self.accounts_file,
             "WXRELAY_SPOOL_DIR": str(self.layout.spool_dir),
             # The operator's: redis.conf keeps only its hash, the processes never see it.
             "WXRELAY_REDIS_ADMIN_PASSWORD": "",
@@ -140,6 +152,7 @@ def load(environ: Mapping[str, str] | None = None) -> Local:
     if settings.redis_admin_password is not None and not _REDIS_PASSWORD.fullmatch(settings.redis_admin_password):
         raise InvalidConfigError("WXRELAY_REDIS_ADMIN_PASSWORD needs 8 or more characters [A-Za-z0-9._~+=-]")
     _distinct_ports(local)
+    local.accounts()  # checked now, one line per mistake, rather than by every relay at its start
     return local
 
 

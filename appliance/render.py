@@ -98,6 +98,7 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         "wxrelay_relays": settings.relays,
         "wxrelay_relay_port": settings.relay_port,
         "wxrelay_workers": settings.workers,
+        "wxrelay_worker_groups": worker_groups(local),
         "wxrelay_worker_stop_wait": settings.task_time_limit + _WORKER_STOP_MARGIN,
         # nginx
         "wxrelay_nginx_site": str(layout.nginx_site),
@@ -123,6 +124,18 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         "wxrelay_redis_logfile": "",
         "wxrelay_redis_maxmemory": "256mb",
     }
+
+
+def worker_groups(local: Local) -> list[dict[str, object]]:
+    """The workers of the appliance's Redis, and one worker for each other Redis an account names."""
+    groups: list[dict[str, object]] = [
+        {"program": "wxrelay-worker", "name": "worker", "accounts": "", "processes": local.settings.workers}
+    ]
+    accounts = local.accounts()
+    for n, url in enumerate((url for url in accounts.redis_urls if url != local.redis_url), start=1):
+        names = ",".join(name for name, account in accounts.items() if account.redis_url == url)
+        groups.append({"program": f"wxrelay-worker-r{n}", "name": f"worker-r{n}", "accounts": names, "processes": 1})
+    return groups
 
 
 def render(local: Local, tools: Tools) -> dict[Path, str]:

@@ -64,12 +64,33 @@ QUEUE_SCAN = 1000
 SUSPECT = 3
 
 
+# The account `default` keeps the keys it had before there were accounts, so
+# an upgrade leaves its messages in flight and its users' sessions where they are.
+_DEFAULT_ACCOUNT = "default"
+
+
+def message_key(account: str, wechat_key: str) -> str:
+    """A message's key in the ledger: WeChat's dedupe key, within its account."""
+    return wechat_key if account == _DEFAULT_ACCOUNT else f"{account}/{wechat_key}"
+
+
+def account_of(key: str) -> str:
+    """The account of a ledger key. WeChat's keys begin `msg:` or `event:`; an account name holds no colon."""
+    account, slash, _ = key.partition("/")
+    return account if slash and ":" not in account else _DEFAULT_ACCOUNT
+
+
 def record_key(dedupe_key: str) -> str:
     return RECORD_PREFIX + dedupe_key
 
 
-def session_key(openid: str) -> str:
-    return f"{PREFIX}session:{openid}"
+def session_key(openid: str, account: str = _DEFAULT_ACCOUNT) -> str:
+    return f"{PREFIX}session:{message_key(account, openid)}"
+
+
+def stats_key(account: str) -> str:
+    """Counts of late sends (and their failures) of one account."""
+    return PREFIX + "stats" if account == _DEFAULT_ACCOUNT else f"{PREFIX}stats:{account}"
 
 
 def reply_notice(dedupe_key: str, reply: str) -> str:

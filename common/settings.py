@@ -15,9 +15,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from wechat.crypto import decode_aes_key
 from wechat.exceptions import InvalidConfigError
-from wechat.signature import validate_token
 
 # In WXRELAY_ALLOWED_SOURCES: the addresses WeChat's getcallbackip API lists.
 WECHAT_SOURCES = "wechat"
@@ -61,6 +59,10 @@ def _sources(value: str) -> tuple[str, ...]:
     return entries
 
 
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(entry.strip() for entry in value.split(",") if entry.strip())
+
+
 def _networks(value: str) -> tuple[str, ...]:
     entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
     for entry in entries:
@@ -73,6 +75,21 @@ def _network(entry: str) -> None:
         ipaddress.ip_network(entry, strict=False)
     except ValueError:
         raise ValueError(f"{entry!r} is not an address or network") from None
+
+
+def environment(environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> dict[str, str]:
+    """The variables the appliance reads: the environment over the env file.
+
+    The env file is WXRELAY_ENV_FILE, else `.env` in the working directory
+    when it exists."""
+    environ = os.environ if environ is None else environ
+    if env_file is None:
+        env_file = environ.get("WXRELAY_ENV_FILE") or (".env" if Path(".env").is_file() else None)
+    values: dict[str, str] = {}
+    if env_file is not None:
+        values.update({k: v or "" for k, v in dotenv_values(env_file).items()})
+    values.update(environ)
+    return values
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,20 @@ SETTINGS: dict[str, Setting] = {
         "WECHAT_APPSECRET", "", _optional, "AppSecret; enables late replies by the customer-service API."
     ),
     "api_base": Setting("WECHAT_API_BASE", "https://api.weixin.qq.com", str, "WeChat API base URL."),
+    "wecom_api_base": Setting("WECOM_API_BASE", "https://qyapi.weixin.qq.com", str, "WeCom API base URL."),
+    "accounts_file": Setting(
+        "WXRELAY_ACCOUNTS_FILE",
+        "",
+        str,
+        "The accounts file (TOML, see Accounts): more official accounts and WeCom apps, beside `default`.",
+    ),
+    "worker_accounts": Setting(
+        "WXRELAY_WORKER_ACCOUNTS",
+        "",
+        _names,
+        "A worker: the accounts whose messages it runs, comma-separated (all on one Redis); empty = every "
+        "account on WXRELAY_REDIS_URL.",
+    ),
     "redis_url": Setting("WXRELAY_REDIS_URL", "redis://127.0.0.1:6379/0", str, "Broker, results, ledger."),
     "redis_admin_password": Setting(
         "WXRELAY_REDIS_ADMIN_PASSWORD",
@@ -179,6 +210,9 @@ class Settings:
     aes_key_previous: str | None
     appsecret: str | None
     api_base: str
+    wecom_api_base: str
+    accounts_file: str
+    worker_accounts: tuple[str, ...]
     redis_url: str
     redis_admin_password: str | None
     require_encryption: bool
@@ -210,18 +244,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
-        """Read the settings; variables in the environment override the env file.
-
-        The env file is WXRELAY_ENV_FILE, else `.env` in the working directory
-        when it exists.
-        """
-        environ = os.environ if environ is None else environ
-        if env_file is None:
-            env_file = environ.get("WXRELAY_ENV_FILE") or (".env" if Path(".env").is_file() else None)
-        values: dict[str, str] = {}
-        if env_file is not None:
-            values.update({k: v or "" for k, v in dotenv_values(env_file).items()})
-        values.update(environ)
+        """Read the settings; variables in the environment override the env file."""
+        values = environment(environ, env_file)
         parsed: dict[str, Any] = {}
         for attribute, setting in SETTINGS.items():
             raw = values.get(setting.name, setting.default).strip()
@@ -232,26 +256,7 @@ class Settings:
         return cls(**parsed)
 
     def validate(self) -> Settings:
-        """Refuse a configuration the relay cannot serve, with one clear line."""
-        if not self.token:
-            raise InvalidConfigError("WECHAT_TOKEN is not set")
-        validate_token(self.token)
-        for attribute in ("aes_key", "aes_key_previous"):
-            key = getattr(self, attribute)
-            if key is not None:
-                try:
-                    decode_aes_key(key)
-                except InvalidConfigError as exc:
-                    raise InvalidConfigError(f"{SETTINGS[attribute].name}: {exc}") from None
-        if self.aes_key and not self.appid:
-            raise InvalidConfigError("WECHAT_APPID is required when WECHAT_AES_KEY is set")
-        if self.require_encryption and not self.aes_key:
-            raise InvalidConfigError("WXRELAY_REQUIRE_ENCRYPTION needs WECHAT_AES_KEY (safe mode)")
-        if WECHAT_SOURCES in self.allowed_sources and not self.appsecret:
-            raise InvalidConfigError(
-                "WXRELAY_ALLOWED_SOURCES=wechat needs WECHAT_APPSECRET to fetch WeChat's addresses; "
-                "without one, list them yourself"
-            )
+        """Refuse a configuration the relay cannot serve, with one clear line (the accounts: common.accounts)."""
         if self.reply_budget >= self.wechat_timeout:
             raise InvalidConfigError("WXRELAY_REPLY_BUDGET must be shorter than WXRELAY_WECHAT_TIMEOUT")
         return self
