@@ -1,4 +1,4 @@
-"""`python -m appliance run|stop|status|logs`: the whole appliance on this machine.
+"""`python -m appliance run|reload|stop|status|logs`: the whole appliance on this machine.
 
 Exit status: 0 on success (`status`: all healthy), 1 when something is not,
 2 on a configuration error.
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="start the stack, or what of it is stopped, and wait until it is healthy")
     run.add_argument("--timeout", type=float, default=lifecycle.START_TIMEOUT, help="seconds to wait for health")
+    reload = commands.add_parser("reload", help="take in the accounts file without dropping a delivery")
+    reload.add_argument("--timeout", type=float, default=lifecycle.START_TIMEOUT, help="seconds to wait for health")
     commands.add_parser("stop", help="stop every process the stack runs and free its ports")
     commands.add_parser("status", help="each process and the chain nginx → relays → Redis → workers")
     commands.add_parser("logs", help="follow the logs (tail -F)")
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return lifecycle.run(args.timeout)
+        if args.command == "reload":
+            return lifecycle.reload(args.timeout)
         if args.command == "stop":
             return lifecycle.stop()
         if args.command == "status":

@@ -13,6 +13,7 @@ from appliance.config import Layout, Local
 from appliance.render import Tools
 from appliance.supervisor import ProcessInfo, Supervisor
 from appliance.system import ApplianceError
+from common.accounts import MODES, WECOM, Account
 
 START_TIMEOUT = 60.0
 POLL = 0.2
@@ -52,6 +53,36 @@ def run(timeout: float = START_TIMEOUT) -> int:
     _wait_healthy(local, supervisor, timeout)
     say(f"nginx → relays → Redis → workers healthy in {time.monotonic() - started:.1f} s")
     _owner_info(local, env_file)
+    return 0
+
+
+def reload(timeout: float = START_TIMEOUT) -> int:
+    """The accounts file (and settings) as they are now, with no delivery dropped:
+    relays re-read the accounts on SIGHUP, workers restart one at a time."""
+    local = config.load()
+    supervisor = Supervisor(local.layout)
+    if supervisor.pid() is None or not supervisor.answers():
+        raise ApplianceError("the appliance is not running: make run starts it")
+    rendered = render.render(local, Tools.find())
+    changed = render.changed(rendered)
+    render.write(local, rendered)
+    if {local.layout.nginx_conf, local.layout.nginx_site} & set(changed):
+        supervisor.signal("nginx", "HUP")  # nginx's own graceful reload: old workers finish their requests
+        say("nginx re-read its configuration")
+    added, removed = supervisor.update()
+    if added or removed:
+        say(f"worker programs started: {', '.join(added) or 'none'}; stopped: {', '.join(removed) or 'none'}")
+    processes = supervisor.processes()
+    relays = [p.name for p in processes if p.name.startswith("wxrelay-relay:")]
+    for name in relays:
+        supervisor.signal(name, "HUP")
+    say(f"{len(relays)} relays re-read the accounts: {', '.join(local.accounts())}")
+    for process in processes:
+        if process.name.startswith("wxrelay-worker") and process.name.split(":")[0] not in added:
+            say(f"restarting {process.name} (its handlers finish first)")
+            supervisor.restart(process.name)
+    _wait_healthy(local, supervisor, timeout)
+    _owner_info(local, config.env_file_path(os.environ))
     return 0
 
 
@@ -159,22 +190,41 @@ def _failure(layout: Layout, failed: list[ProcessInfo]) -> str:
 
 def _owner_info(local: Local, env_file: Path) -> None:
     settings = local.settings
-    placeholder = settings.appid == envfile.PLACEHOLDER_APPID
-    modes = "safe (make say MODE=plain|compat|safe tries each)" if settings.aes_key else "plain (no EncodingAESKey)"
     print(
         f"""
 wxrelay is ready: nginx :{settings.http_port} → {settings.relays} relays → Redis :{local.redis_port} → \
-{settings.workers} workers
-
-  In the account's admin console (设置与开发 → 基本配置 → 服务器配置):
-    URL             {local.callback_url}
-    Token           {settings.token}
-    EncodingAESKey  {settings.aes_key or "(none)"}
-    AppID           {settings.appid}{f" (a placeholder: put yours in {_shown(env_file)})" if placeholder else ""}
-    Message mode    {modes}
+{settings.workers} workers""",
+        flush=True,
+    )
+    for account in local.accounts().values():
+        _account_info(local, account, env_file)
+    print(
+        f"""
   WeChat reaches only a public address on port 80 or 443: this machine's port {settings.http_port} is for trying it out.
 
-  next: make say TEXT=hello""",
+  next: make say TEXT=hello{" [ACCOUNT=name]" if len(local.accounts()) > 1 else ""}""",
+        flush=True,
+    )
+
+
+def _account_info(local: Local, account: Account, env_file: Path) -> None:
+    wecom = account.kind == WECOM
+    console = "应用管理 → 应用 → 接收消息 → 设置API接收" if wecom else "设置与开发 → 基本配置 → 服务器配置"
+    placeholder = account.appid == envfile.PLACEHOLDER_APPID
+    modes = ", ".join(mode for mode in MODES if mode in account.modes)
+    ids = (
+        f"CorpID          {account.appid}\n    AgentId         {account.agentid}"
+        if wecom
+        else f"AppID           {account.appid}"
+    )
+    print(
+        f"""
+  {account.name} ({"WeCom app" if wecom else "official account"}) — in the admin console ({console}):
+    URL             {local.callback_url.removesuffix("/wechat")}{account.path}
+    Token           {account.token}
+    EncodingAESKey  {account.aes_key or "(none)"}
+    {ids}{f" (a placeholder: put yours in {_shown(env_file)})" if placeholder else ""}
+    Message modes   {modes}""",
         flush=True,
     )
 

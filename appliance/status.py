@@ -10,6 +10,7 @@ import redis
 from appliance import config
 from appliance.config import Layout, Local
 from appliance.supervisor import ProcessInfo, Supervisor
+from wechat.exceptions import InvalidConfigError
 
 PROBE_TIMEOUT = 2.0
 
@@ -99,6 +100,19 @@ def healthy(processes: list[ProcessInfo], checks: list[Check]) -> bool:
     return bool(processes) and all(p.running for p in processes) and all(c.ok for c in checks)
 
 
+def account_lines(local: Local) -> list[str]:
+    try:
+        served = local.accounts()
+    except InvalidConfigError as exc:
+        return [f"  the accounts file does not load now: {exc} (the running relays keep what they had)"]
+    width = max(len(name) for name in served)
+    return [
+        f"  {name:<{width}}  {account.kind:<8}  {account.path:<{width + 8}}  {', '.join(sorted(account.modes))}"
+        + ("" if account.redis_url == local.redis_url else "  (its own Redis)")
+        for name, account in served.items()
+    ]
+
+
 def report(layout: Layout) -> int:
     """`status`: each process and the chain, exit 0 only when all is healthy."""
     local = config.from_state(layout)
@@ -114,6 +128,9 @@ def report(layout: Layout) -> int:
     print(f"wxrelay in {layout.state_dir}: supervisord pid {pid}")
     for process in processes:
         print(program_line(process))
+    print("accounts:")
+    for line in account_lines(local):
+        print(line)
     checks = chain(local)
     print("chain:")
     for check in checks:

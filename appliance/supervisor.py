@@ -16,6 +16,8 @@ from appliance.config import ROOT, Layout
 from appliance.system import ApplianceError
 
 RPC_TIMEOUT = 5.0
+# Past the task hard limit (90 s by default): how long a stop may wait on a warm shutdown.
+RESTART_TIMEOUT = 120.0
 # Children get their settings from the rendered env file only, never from the
 # shell that happened to run `make run`.
 _OWN_PREFIXES = ("WECHAT_", "WXRELAY_")
@@ -93,6 +95,39 @@ class Supervisor:
             # ALREADY_STARTED: it came back by itself meanwhile.
             if fault.faultCode != 60:
                 raise ApplianceError(f"supervisord could not start {name}: {fault.faultString}") from None
+
+    def signal(self, name: str, signal_name: str) -> None:
+        self._rpc().signalProcess(name, signal_name)
+
+    def restart(self, name: str) -> None:
+        """Stopped and started again, waiting for each: a worker's warm shutdown finishes its handlers."""
+        rpc = self._rpc_waiting()
+        try:
+            rpc.stopProcess(name, True)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != 70:  # NOT_RUNNING
+                raise ApplianceError(f"supervisord could not stop {name}: {fault.faultString}") from None
+        try:
+            rpc.startProcess(name, True)
+        except xmlrpc.client.Fault as fault:
+            raise ApplianceError(f"supervisord could not start {name}: {fault.faultString}") from None
+
+    def update(self) -> tuple[list[str], list[str]]:
+        """Take in the programs file as it is now: groups added are started, groups removed stopped.
+        Returns (added, removed)."""
+        rpc = self._rpc_waiting()
+        [[added, changed, removed]] = rpc.reloadConfig()
+        for group in removed + changed:
+            rpc.stopProcessGroup(group, True)
+            rpc.removeProcessGroup(group)
+        for group in changed + added:
+            rpc.addProcessGroup(group)
+        return added + changed, removed
+
+    def _rpc_waiting(self) -> Any:
+        # A worker's warm shutdown lasts as long as its longest handler.
+        transport = _UnixTransport(str(self.layout.socket), RESTART_TIMEOUT)
+        return xmlrpc.client.ServerProxy("http://localhost", transport=transport).supervisor
 
     def shutdown(self) -> None:
         self._rpc().shutdown()

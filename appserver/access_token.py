@@ -1,13 +1,14 @@
 """The access_token, owned centrally as WeChat asks: one copy in Redis for
-every worker, fetched by one process at a time under a lock, refreshed
-before it expires.
+every worker, per AppID (or WeCom app), fetched by one process at a time
+under a lock, refreshed before it expires.
 
 It comes from stable_token, which hands every caller of one AppID the same
 token until it expires: another service of the account that fetches one does
 not invalidate ours, nor we theirs (cgi-bin/token mints a new one each time,
 ending the one before — the 40001 every SDK's users know). A new token is
 forced only when a token WeChat refused comes back from a plain fetch, once
-per refused token."""
+per refused token. A WeCom app's token comes from gettoken, which also
+hands back the token still valid."""
 
 from __future__ import annotations
 
@@ -21,10 +22,7 @@ from common.ledger import PREFIX
 
 log = logging.getLogger("wxrelay.access_token")
 
-TOKEN_KEY = PREFIX + "access_token"
-LOCK_KEY = PREFIX + "access_token:lock"
-# The token WeChat last refused: a plain fetch handing it back again forces a new one.
-REFUSED_KEY = PREFIX + "access_token:refused"
+# The token WeChat last refused (…:refused): a plain fetch handing it back again forces a new one.
 REFUSED_SECONDS = 600
 # Refresh this long before WeChat's expiry; the old token stays valid 5 more
 # minutes after a refresh, so in-flight sends are never cut off.
@@ -45,7 +43,14 @@ class TokenError(Exception):
     pass
 
 
+def token_key(owner: str) -> str:
+    """Where the token of an AppID (or a WeCom app, `corpid:agentid`) is kept."""
+    return f"{PREFIX}access_token:{owner}"
+
+
 class AccessTokens:
+    """An official account's token, from stable_token."""
+
     def __init__(self, client: redis.Redis, http: httpx.Client, api_base: str, appid: str, secret: str) -> None:
         self._client = client
         self._http = http
@@ -53,39 +58,62 @@ class AccessTokens:
         # In the body, not the query string: a URL is what proxies and libraries log.
         self._request = {"grant_type": "client_credential", "appid": appid, "secret": secret}
         self._discard = client.register_script(_DISCARD)
+        self._owner = appid
+        self._key = token_key(appid)
+        self._lock_key = self._key + ":lock"
+        self._refused_key = self._key + ":refused"
 
     def get(self) -> str:
         deadline = time.monotonic() + LOCK_SECONDS + 5
         while time.monotonic() < deadline:
-            cached = self._client.get(TOKEN_KEY)
+            cached = self._client.get(self._key)
             if cached:
                 return cached.decode()
-            lock = self._client.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS)
+            lock = self._client.lock(self._lock_key, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS)
             if lock.acquire():
                 try:
-                    cached = self._client.get(TOKEN_KEY)
+                    cached = self._client.get(self._key)
                     return cached.decode() if cached else self._fetch()
                 finally:
                     lock.release()
         raise TokenError("timed out waiting for another process to fetch the access_token")
 
     def discard(self, token: str) -> None:
-        self._discard(keys=[TOKEN_KEY, REFUSED_KEY], args=[token, REFUSED_SECONDS])
+        self._discard(keys=[self._key, self._refused_key], args=[token, REFUSED_SECONDS])
 
     def _fetch(self) -> str:
-        refused = self._client.get(REFUSED_KEY)
-        token, expires_in = self._stable_token(force=False)
+        refused = self._client.get(self._refused_key)
+        token, expires_in = self._request_token(force=False)
         if refused is not None and token == refused.decode():
             log.info("WeChat handed back the access_token it refused: forcing a new one")
-            token, expires_in = self._stable_token(force=True)
-        self._client.set(TOKEN_KEY, token, ex=max(expires_in - EARLY, 60))
-        self._client.delete(REFUSED_KEY)
-        log.info("fetched the access_token (expires in %d s)", expires_in)
+            token, expires_in = self._request_token(force=True)
+        self._client.set(self._key, token, ex=max(expires_in - EARLY, 60))
+        self._client.delete(self._refused_key)
+        log.info("fetched the access_token of %s (expires in %d s)", self._owner, expires_in)
         return token
 
-    def _stable_token(self, force: bool) -> tuple[str, int]:
-        answer = self._http.post(self._url, json={**self._request, "force_refresh": force}).json()
-        token = answer.get("access_token")
-        if not token:
-            raise TokenError(f"token refused: errcode={answer.get('errcode')} {answer.get('errmsg', '')}")
-        return token, int(answer.get("expires_in", 7200))
+    def _request_token(self, force: bool) -> tuple[str, int]:
+        return _token_of(self._http.post(self._url, json={**self._request, "force_refresh": force}).json())
+
+
+class WeComTokens(AccessTokens):
+    """A WeCom app's token, from gettoken: one per app, since each app has its own secret."""
+
+    def __init__(
+        self, client: redis.Redis, http: httpx.Client, api_base: str, corpid: str, agentid: int, secret: str
+    ) -> None:
+        super().__init__(client, http, api_base, f"{corpid}:{agentid}", secret)
+        self._url = f"{api_base.rstrip('/')}/cgi-bin/gettoken"
+        # WeCom takes the secret only in the query string; httpx's own log lines stay off (appserver/app.py).
+        self._query = {"corpid": corpid, "corpsecret": secret}
+
+    def _request_token(self, force: bool) -> tuple[str, int]:
+        # gettoken cannot be forced: it hands back the token still valid, and a new one once that expires.
+        return _token_of(self._http.get(self._url, params=self._query).json())
+
+
+def _token_of(answer: dict[str, object]) -> tuple[str, int]:
+    token = answer.get("access_token")
+    if not token or not isinstance(token, str):
+        raise TokenError(f"token refused: errcode={answer.get('errcode')} {answer.get('errmsg', '')}")
+    return token, int(answer.get("expires_in", 7200))  # type: ignore[call-overload]

@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
+from appserver.served import Served, served
 from common import redaction
+from common.accounts import Accounts
 from common.settings import Settings
+from wechat.exceptions import InvalidConfigError
 
-settings = Settings.from_env()
+
+def _configure() -> tuple[Settings, Served, str | None]:
+    found = Settings.from_env()
+    try:
+        serving = served(found.validate())
+    except InvalidConfigError as exc:
+        # Bots and tools import this package too: only a worker must stop for it (_refuse_to_start).
+        return found, Served(Accounts({}), (), found.redis_url), str(exc)
+    # Its ledger, sessions and chores live where its accounts' queues do.
+    return replace(found, redis_url=serving.redis_url), serving, None
+
+
+settings, serving, _configuration_error = _configure()
 # Where kombu's Redis transport keeps each unacknowledged message, and when it was taken.
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
@@ -35,7 +53,9 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
-    task_default_queue=settings.queue,
+    task_default_queue=(serving.queues or [settings.queue])[0],
+    # Each account's own queue: a burst or a slow bot of one waits behind itself (appserver/fairness.py).
+    task_queues=[Queue(queue, routing_key=queue) for queue in serving.queues or [settings.queue]],
     # Handlers mostly wait on I/O (databases, APIs): threads let one process
     # keep dozens of them waiting at once, where prefork holds a process each.
     # Prefork remains for CPU-bound bots: only there can Celery kill a handler.
@@ -123,7 +143,15 @@ if settings.log_level.upper() != "DEBUG":
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+@worker_init.connect
+def _refuse_to_start(**_: object) -> None:
+    if _configuration_error is not None:
+        # One line, not the traceback of a worker failing on its first message.
+        print(f"wxrelay worker: configuration error: {_configuration_error}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _mask_secrets(logger: logging.Logger, **_: object) -> None:
-    redaction.install(settings, logger)
+    redaction.install(settings, logger, serving.accounts)

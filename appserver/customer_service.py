@@ -1,4 +1,5 @@
-"""Late replies through WeChat's customer-service API (message/custom/send)."""
+"""Late replies: an official account's through the customer-service API
+(message/custom/send), a WeCom app's through message/send."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from typing import Any
 import httpx
 import redis
 
-from appserver.access_token import AccessTokens, TokenError
-from common.ledger import PREFIX
+from appserver.access_token import AccessTokens, TokenError, WeComTokens
+from common.accounts import WECOM, Account
+from common.ledger import stats_key
 
 log = logging.getLogger("wxrelay.customer_service")
 
-STATS_KEY = PREFIX + "stats"
 TOKEN_INVALID = {40001, 40014, 42001}
 # WeChat's "system busy, try again"; every other errcode is a refusal that
 # no retry will change (45015 out of the 48-hour window, 48001 no
@@ -31,11 +32,21 @@ class SendResult:
 
 
 class CustomerService:
-    def __init__(self, client: redis.Redis, api_base: str, appid: str, secret: str | None) -> None:
+    def __init__(self, client: redis.Redis, account: Account) -> None:
         self._client = client
-        self._url = f"{api_base.rstrip('/')}/cgi-bin/message/custom/send"
+        self._stats = stats_key(account.name)
         self._http = httpx.Client(timeout=10.0)
-        self._tokens = AccessTokens(client, self._http, api_base, appid, secret) if secret else None
+        api = account.api_base.rstrip("/")
+        self._tokens: AccessTokens | None = None
+        self._agentid = account.agentid
+        if account.kind == WECOM:
+            self._url = f"{api}/cgi-bin/message/send"
+            if account.secret and account.agentid:
+                self._tokens = WeComTokens(client, self._http, api, account.appid, account.agentid, account.secret)
+        else:
+            self._url = f"{api}/cgi-bin/message/custom/send"
+            if account.secret:
+                self._tokens = AccessTokens(client, self._http, api, account.appid, account.secret)
 
     @property
     def configured(self) -> bool:
@@ -45,7 +56,7 @@ class CustomerService:
         """The shared access_token, fetched if need be: before a send begins, so a
         send is never left half-begun waiting on the token. Raises TokenError."""
         if self._tokens is None:
-            raise TokenError("no WECHAT_APPSECRET")
+            raise TokenError("no secret configured")
         try:
             return self._tokens.get()
         except httpx.HTTPError as exc:
@@ -53,6 +64,8 @@ class CustomerService:
 
     def send(self, payload: dict[str, Any], token: str) -> SendResult:
         """One attempt at delivering a late reply; never raises for WeChat's or the network's failures."""
+        if self._agentid is not None:
+            payload = {**payload, "agentid": self._agentid}
         # WeChat wants UTF-8 JSON, not \\u escapes.
         body = json.dumps(payload, ensure_ascii=False).encode()
         try:
@@ -62,7 +75,7 @@ class CustomerService:
                 answer = self._http.post(self._url, params={"access_token": token}, content=body).json()
                 errcode = int(answer.get("errcode", 0))
                 if errcode in TOKEN_INVALID:
-                    self._tokens.discard(token)
+                    self._tokens.discard(token)  # type: ignore[union-attr]
                     continue
                 break
         except (httpx.HTTPError, ValueError, TokenError) as exc:
@@ -74,4 +87,4 @@ class CustomerService:
         return SendResult("sent")
 
     def count(self, stat: str) -> None:
-        self._client.hincrby(STATS_KEY, stat, 1)
+        self._client.hincrby(self._stats, stat, 1)

@@ -13,6 +13,7 @@ import redis
 from appserver import coroutines
 from appserver.bot import Bot
 from appserver.session import Session
+from common.accounts import DEFAULT
 from wechat.events import BaseEvent
 from wechat.parser import parse_message
 from wechat.replies import Reply, coerce_reply
@@ -33,7 +34,13 @@ class Answer:
 
 
 def handle(
-    xml: str, bot: Bot, client: redis.Redis, session_ttl: int, time_limit: float, hard_time_limit: float | None = None
+    xml: str,
+    bot: Bot,
+    client: redis.Redis,
+    session_ttl: int,
+    time_limit: float,
+    hard_time_limit: float | None = None,
+    account: str = DEFAULT,
 ) -> Answer:
     """Never raises for anything a handler does: a failure is logged and yields no reply.
 
@@ -43,7 +50,7 @@ def handle(
     when not given, the default settings' ratio)."""
     msg = parse_message(xml)
     lock_ttl = hard_time_limit if hard_time_limit is not None else time_limit * 1.5
-    session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit)
+    session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit, account=account)
     msg.session = session  # type: ignore[attr-defined]
     handler = bot.find_handler(msg)
     if handler is None:

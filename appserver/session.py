@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from redis.exceptions import LockError
 
+from common.accounts import DEFAULT
 from common.ledger import session_key
 
 log = logging.getLogger("wxrelay.appserver")
@@ -54,8 +55,8 @@ class SessionClosed(SessionError):
     """The session was used after its handler had finished."""
 
 
-def lock_key(openid: str) -> str:
-    return session_key(openid) + ":lock"
+def lock_key(openid: str, account: str = DEFAULT) -> str:
+    return session_key(openid, account) + ":lock"
 
 
 class Session(MutableMapping[str, Any]):
@@ -74,11 +75,19 @@ class Session(MutableMapping[str, Any]):
     """
 
     def __init__(
-        self, client: redis.Redis, openid: str, ttl: int, lock_ttl: float = 90.0, lock_wait: float = 60.0
+        self,
+        client: redis.Redis,
+        openid: str,
+        ttl: int,
+        lock_ttl: float = 90.0,
+        lock_wait: float = 60.0,
+        account: str = DEFAULT,
     ) -> None:
         self._client = client
         self._openid = openid
-        self._key = session_key(openid)
+        # Within its account: OpenIDs are per account, but nothing stops two accounts' users from colliding.
+        self._key = session_key(openid, account)
+        self._lock_key = lock_key(openid, account)
         self._ttl = ttl
         self._lock_ttl = lock_ttl
         self._wait_deadline = time.monotonic() + lock_wait
@@ -110,7 +119,7 @@ class Session(MutableMapping[str, Any]):
         return self._data
 
     def _acquire(self) -> None:
-        lock = self._client.lock(lock_key(self._openid), timeout=self._lock_ttl, sleep=LOCK_POLL, thread_local=False)
+        lock = self._client.lock(self._lock_key, timeout=self._lock_ttl, sleep=LOCK_POLL, thread_local=False)
         token = uuid.uuid4().hex
         try:
             asyncio.get_running_loop()
@@ -159,7 +168,7 @@ class Session(MutableMapping[str, Any]):
                 return
             self._lock = None
             script = self._client.register_script(_SAVE_AND_RELEASE)
-            keys = [lock_key(self._openid), self._key]
+            keys = [self._lock_key, self._key]
             saved = script(keys=keys, args=[self._token, current if self._data else "", self._ttl])
             if not saved:
                 message = (

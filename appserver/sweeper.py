@@ -28,6 +28,7 @@ def sweep(_: str = "") -> int:
     """Queue the late send of everything due now; returns how many."""
     queued = 0
     while True:
+        # Records name their account's queue; settings.queue only serves those written before they did.
         args = [ledger.RECORD_PREFIX, BATCH, SETTLED_TTL, settings.queue, UNACKED]
         owed = _sweep_due()(keys=[ledger.DUE_KEY], args=args)
         for key in owed:

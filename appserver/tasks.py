@@ -12,7 +12,7 @@ from celery.app.task import Context
 from redis.commands.core import Script
 
 from appserver.access_token import TokenError
-from appserver.app import app, settings
+from appserver.app import app, serving, settings
 from appserver.bot import Bot
 from appserver.connection import client, through_outages
 from appserver.customer_service import CustomerService, SendResult
@@ -31,13 +31,13 @@ SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, se
 
 
 @cache
-def _bot() -> Bot:
-    return load_bot(settings.bot)
+def _bot(spec: str) -> Bot:
+    return load_bot(spec)
 
 
 @cache
-def _customer_service() -> CustomerService:
-    return CustomerService(client(), settings.api_base, settings.appid, settings.appsecret)
+def _customer_service(name: str) -> CustomerService:
+    return CustomerService(client(), serving.accounts[name])
 
 
 @cache
@@ -50,8 +50,15 @@ def _redelivered(request: Context) -> bool:
 
 
 def queue_late(dedupe_key: str) -> None:
-    """Queue the late send this process now owns; should it die first, the sweep queues it again."""
-    through_outages(lambda: deliver_late.apply_async((dedupe_key,), queue=settings.queue), "queueing a late send")
+    """Queue the late send this process now owns, on its account's queue; should it die first, the sweep
+    queues it again."""
+    account = serving.account_of(dedupe_key)
+    if account is not None:
+        queue = account.queue
+    else:  # an account this worker does not know: its record names its queue
+        found = through_outages(lambda: client().hget(ledger.record_key(dedupe_key), "queue"), "finding a queue")
+        queue = found.decode() if found else settings.queue
+    through_outages(lambda: deliver_late.apply_async((dedupe_key,), queue=queue), "queueing a late send")
 
 
 @app.task(name=HANDLE, bind=True)
@@ -70,12 +77,21 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
         if state not in ledger.MAY_RUN:
             log.info("message %s already answered (%s): not run again", dedupe_key, state)
             return ""
-    answer: Answer = handle(
-        xml, _bot(), client(), settings.session_ttl, settings.task_soft_time_limit, settings.task_time_limit
-    )
+    account = serving.account_of(dedupe_key or "")
+    if account is None:
+        # Removed from the accounts file while its message waited: settled with no reply, not run.
+        log.error("message %s: its account is not configured any more; not run", dedupe_key)
+        answer = Answer.none()
+    else:
+        answer = handle(
+            xml, _bot(account.bot), client(), settings.session_ttl, settings.task_soft_time_limit,
+            settings.task_time_limit, account=account.name,
+        )  # fmt: skip
     if dedupe_key is None or record is None:
         return answer.xml
-    payload = json.dumps(answer.customer_service) if answer.customer_service else ""
+    # No late path for an account that wants none: a reply that missed WeChat's window ends there.
+    late = answer.customer_service if account is not None and account.late_replies else None
+    payload = json.dumps(late) if late else ""
     notice = ledger.reply_notice(dedupe_key, answer.xml)
     keys = [record, ledger.DUE_KEY]
     args = [answer.xml, payload, ledger.REPLY_CHANNEL, notice, settings.dedupe_ttl, dedupe_key]
@@ -92,7 +108,12 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
 @app.task(name=DELIVER, bind=True, max_retries=len(RETRY_DELAYS), ignore_result=True)
 def deliver_late(self: Task, dedupe_key: str) -> None:
     """The one send of a late reply: only the task that moves it to `sending` sends it."""
-    service = _customer_service()
+    account = serving.account_of(dedupe_key)
+    if account is None:
+        # Never with another account's credentials: the sweep offers it again, to its own account's queue.
+        log.warning("late reply to %s: its account is not configured on this worker; left to one that is", dedupe_key)
+        return
+    service = _customer_service(account.name)
     keys = [ledger.record_key(dedupe_key), ledger.DUE_KEY]
     retries = self.request.retries
     token = ""
@@ -102,19 +123,19 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         except TokenError as exc:
             if retries < len(RETRY_DELAYS):
                 # Nothing has begun: the reply stays `late` for the retry (or the sweep).
-                _retry_later(self, dedupe_key, str(exc))
+                _retry_later(self, service, dedupe_key, str(exc))
     before, payload = _script(ledger.BEGIN_SEND)(keys=keys, args=[dedupe_key])
     if before.decode() != ledger.LATE:
         log.debug("late reply to %s: nothing to send (%s)", dedupe_key, before.decode())
         return
     if not token:
-        result = SendResult("unconfigured", detail="no WECHAT_APPSECRET" if not service.configured else "no token")
+        result = SendResult("unconfigured", detail="no secret configured" if not service.configured else "no token")
     else:
         result = service.send(json.loads(payload), token)
     if result.outcome == "retry" and retries < len(RETRY_DELAYS):
         args = ["retry", result.errcode, RETRY_DELAYS[retries], SETTLED_TTL, dedupe_key]
         through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
-        _retry_later(self, dedupe_key, f"{result.errcode} {result.detail}")
+        _retry_later(self, service, dedupe_key, f"{result.errcode} {result.detail}")
     state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
     args = [state, result.errcode, 0, SETTLED_TTL, dedupe_key]
     through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
@@ -127,8 +148,8 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     log.warning("late reply to %s not sent (%s): %s %s", dedupe_key, result.outcome, result.errcode, result.detail)
 
 
-def _retry_later(task: Task, dedupe_key: str, why: str) -> NoReturn:
+def _retry_later(task: Task, service: CustomerService, dedupe_key: str, why: str) -> NoReturn:
     delay = RETRY_DELAYS[task.request.retries]
-    _customer_service().count("late_retried")
+    service.count("late_retried")
     log.warning("late reply to %s: %s; trying again in %d s", dedupe_key, why, delay)
     raise task.retry(countdown=delay)

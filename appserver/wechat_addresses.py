@@ -13,9 +13,10 @@ import httpx
 
 from appserver import background
 from appserver.access_token import AccessTokens
-from appserver.app import settings
+from appserver.app import serving, settings
 from appserver.connection import client
 from appserver.customer_service import TOKEN_INVALID
+from common.accounts import OFFICIAL, Account
 from common.settings import WECHAT_SOURCES
 from common.wechat_addresses import KEY, WeChatAddresses
 
@@ -47,12 +48,14 @@ def refresh(tokens: AccessTokens, http: httpx.Client, url: str) -> None:
     log.info("WeChat's callback addresses: %d networks, for the relays' allow-list", len(addresses.networks))
 
 
-def _start() -> None:
+def _start(account: Account) -> None:
     http = httpx.Client(timeout=10.0)
-    tokens = AccessTokens(client(), http, settings.api_base, settings.appid, settings.appsecret or "")
-    url = f"{settings.api_base.rstrip('/')}/cgi-bin/getcallbackip"
+    tokens = AccessTokens(client(), http, account.api_base, account.appid, account.secret or "")
+    url = f"{account.api_base.rstrip('/')}/cgi-bin/getcallbackip"
     background.every(CHECK, "fetching WeChat's callback addresses", lambda _: refresh(tokens, http, url))
 
 
-if WECHAT_SOURCES in settings.allowed_sources and settings.appsecret:
-    _start()
+# Any official account's token may ask: WeChat's addresses are the same for all.
+_asking = next((a for a in serving.accounts.values() if a.kind == OFFICIAL and a.secret), None)
+if WECHAT_SOURCES in settings.allowed_sources and _asking is not None:
+    _start(_asking)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
-from chaos.appliance import QUEUE, REDIS, WORKERS, wait_until
+from chaos.appliance import APPID, QUEUE, REDIS, WORKERS, wait_until
 from chaos.rehearsal import RECOVERY_LIMIT, STARTED_TIMEOUT, Rehearsal, Result, finish, strike
 from chaos.wechat import MODES, Message, wait_finished
 from common.settings import SETTINGS
@@ -81,7 +81,7 @@ def worker_killed_before_late_send(r: Rehearsal) -> Result:
     notes: list[str] = []
     r.api.hold_tokens()
     try:
-        r.appliance.redis().delete("wxrelay:access_token")
+        r.appliance.redis().delete(f"wxrelay:access_token:{APPID}")
         late = r.wechat.send_mix([r.slow(3 * r.window + 1)])
         r.wait_started(late)
         wait_until(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.ledger import account_of
 from common.settings import WECHAT_SOURCES, Settings, environment
 from wechat.crypto import MessageCrypto, decode_aes_key
 from wechat.exceptions import InvalidConfigError
@@ -99,8 +100,6 @@ class Accounts(Mapping[str, Account]):
         return tuple(dict.fromkeys(account.redis_url for account in self.values()))
 
     def of_key(self, ledger_key: str) -> Account | None:
-        from common.ledger import account_of
-
         return self._accounts.get(account_of(ledger_key))
 
 
@@ -207,7 +206,7 @@ def _account(name: str, table: dict[str, Any], settings: Settings, environ: Mapp
     if not isinstance(modes, list) or not modes or not all(mode in MODES for mode in modes):
         raise InvalidConfigError(f"{where}.modes must be a list of plain, compat, safe")
     if wecom and set(modes) != {"safe"}:
-        raise InvalidConfigError(f"{where}.modes: a WeCom app's messages are always encrypted: modes = [\"safe\"]")
+        raise InvalidConfigError(f'{where}.modes: a WeCom app\'s messages are always encrypted: modes = ["safe"]')
     if not aes_key and set(modes) - {"plain"}:
         raise InvalidConfigError(f"{where}.aes_key is required for compat and safe mode")
     if settings.require_encryption:

@@ -126,7 +126,8 @@ def _with_constants(source: str) -> str:
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
 # KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key, delivery tag.
-# The record keeps its task until a reply is stored, for the sweep to queue again should it be lost.
+# The record keeps its task (and its account's queue) until a reply is stored, for the sweep to queue
+# again should it be lost.
 # A new message is recorded, its task queued and its due time set in one
 # step: no relay crash can leave a claimed message without a task, or queue a
 # task twice. A retry counts its delivery and takes a reply that is ready.
@@ -138,7 +139,7 @@ CLAIM = (
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local state = 'pending'
   if ARGV[4] == '1' then state = 'abandoned' end
-  redis.call('HSET', KEYS[1], 'state', state, 'deliveries', 1, 'task', ARGV[2], 'tag', ARGV[6])
+  redis.call('HSET', KEYS[1], 'state', state, 'deliveries', 1, 'task', ARGV[2], 'tag', ARGV[6], 'queue', KEYS[2])
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('LPUSH', KEYS[2], ARGV[2])
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[5])
@@ -223,36 +224,40 @@ end
 return {state or 'missing', ''}
 """
 
-# KEYS: due. ARGV: record prefix, how many, settled ttl, queue, unacked hash.
+# KEYS: due. ARGV: record prefix, how many, settled ttl, queue of records naming none, unacked hash.
 # The sweep: what is due and still owed. A reply no delivery took goes late;
 # a late reply whose task has not begun is offered again; a message still
 # without a reply is abandoned (its reply will go late when it completes) and
 # looked at again every RECHECK seconds. If its task is neither held by a
-# worker (unacknowledged, by its delivery tag) nor queued (its tag in one of
-# the oldest QUEUE_SCAN tasks: kombu rewrites a task it gives back, so only
-# the tag still matches), it is suspect; still so SUSPECT seconds later (a
-# live worker records a task it took within milliseconds), it was lost with a
-# dying worker and is queued again. Returns the keys whose late send the
-# caller must queue. (Records are addressed by prefix, not passed as KEYS:
-# the set's members are only known in here.)
+# worker (unacknowledged, by its delivery tag) nor queued on its account's
+# queue (its tag in one of the oldest QUEUE_SCAN tasks: kombu rewrites a task
+# it gives back, so only the tag still matches), it is suspect; still so
+# SUSPECT seconds later (a live worker records a task it took within
+# milliseconds), it was lost with a dying worker and is queued again. Returns
+# the keys whose late send the caller must queue. (Records are addressed by
+# prefix, not passed as KEYS: the set's members are only known in here.)
 SWEEP_DUE = _with_constants(
     _NOW
     + """
 local owed = {}
--- Past that length a task not among the oldest may still be queued: never taken for lost.
-local scannable = redis.call('LLEN', ARGV[4]) <= $QUEUE_SCAN
-local oldest = nil
-local function queued(tag)
-  if oldest == nil then oldest = redis.call('LRANGE', ARGV[4], 0, -1) end
-  for _, task in ipairs(oldest) do
+local scannable, oldest = {}, {}
+local function queued(queue, tag)
+  if oldest[queue] == nil then oldest[queue] = redis.call('LRANGE', queue, 0, -1) end
+  for _, task in ipairs(oldest[queue]) do
     if string.find(task, tag, 1, true) then return true end
   end
   return false
 end
+-- Past that length a task not among the oldest may still be queued: never taken for lost.
+local function may_scan(queue)
+  if scannable[queue] == nil then scannable[queue] = redis.call('LLEN', queue) <= $QUEUE_SCAN end
+  return scannable[queue]
+end
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
   local record = ARGV[1] .. key
-  local found = redis.call('HMGET', record, 'state', 'cs', 'task', 'tag', 'suspect')
+  local found = redis.call('HMGET', record, 'state', 'cs', 'task', 'tag', 'suspect', 'queue')
   local state = found[1]
+  local queue = found[6] or ARGV[4]
   if state == 'done' and (found[2] == false or found[2] == '') then
     redis.call('HSET', record, 'state', 'silent')
     redis.call('EXPIRE', record, ARGV[3])
@@ -264,9 +269,10 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
   elseif state == 'pending' or state == 'abandoned' then
     redis.call('HSET', record, 'state', 'abandoned')
     local again = now + $RECHECK
-    if scannable and found[3] and redis.call('HEXISTS', ARGV[5], found[4]) == 0 and not queued(found[4]) then
+    if found[3] and may_scan(queue) and redis.call('HEXISTS', ARGV[5], found[4]) == 0
+        and not queued(queue, found[4]) then
       if found[5] then
-        redis.call('LPUSH', ARGV[4], found[3])
+        redis.call('LPUSH', queue, found[3])
         redis.call('HDEL', record, 'suspect')
       else
         redis.call('HSET', record, 'suspect', 1)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
+from common.accounts import Accounts
 from common.settings import Settings
 
 MASK = "***"
@@ -25,18 +26,27 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)@")
 _SHORTEST = 6
 
 
-def secrets_of(settings: Settings) -> list[str]:
+def secrets_of(settings: Settings, accounts: Accounts | None = None) -> list[str]:
     values = [settings.token, settings.aes_key, settings.aes_key_previous, settings.appsecret]
     values.append(settings.redis_admin_password)
     values.append(unquote(urlsplit(settings.redis_url).password or ""))
+    for account in (accounts or {}).values():
+        values.extend(account.secrets)
+        values.append(unquote(urlsplit(account.redis_url).password or ""))
     return [value for value in values if value]
 
 
 class Redactor(logging.Filter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too (an account added by a reload)."""
+        known = {*self._secrets, *(s for s in secrets if len(s) >= _SHORTEST)}
         # Longest first: a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if len(s) >= _SHORTEST}, key=len, reverse=True)
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -56,9 +66,9 @@ class Redactor(logging.Filter):
         return True
 
 
-def install(settings: Settings, logger: logging.Logger | None = None) -> Redactor:
-    """Mask this process's secrets in every line the handlers of `logger` (the root) write."""
-    redactor = Redactor(secrets_of(settings))
+def install(settings: Settings, logger: logging.Logger | None = None, accounts: Accounts | None = None) -> Redactor:
+    """Mask this process's secrets (and its accounts') in every line the handlers of `logger` (the root) write."""
+    redactor = Redactor(secrets_of(settings, accounts))
     for handler in (logger or logging.getLogger()).handlers:
         handler.addFilter(redactor)
     return redactor

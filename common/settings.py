@@ -261,11 +261,6 @@ class Settings:
             raise InvalidConfigError("WXRELAY_REPLY_BUDGET must be shorter than WXRELAY_WECHAT_TIMEOUT")
         return self
 
-    @property
-    def default_mode(self) -> str:
-        """The mode a simulated WeChat uses unless told otherwise."""
-        return "safe" if self.aes_key else "plain"
-
     def as_environ(self) -> dict[str, str]:
         """The settings as variables, for child processes and rendered env files."""
         out: dict[str, str] = {}

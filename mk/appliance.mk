@@ -5,7 +5,7 @@
 # uses $(VENV) as it is, installing nothing into it: the quickstart test runs
 # a fresh clone on the test's own virtualenv that way.
 
-.PHONY: run stop status logs say
+.PHONY: run stop status logs say reload
 
 APPLIANCE_VENV := $(if $(VENV_READY),,venv)
 # One argument for the shell, whatever quotes TEXT holds.
@@ -21,12 +21,17 @@ stop: $(APPLIANCE_VENV)
 status: $(APPLIANCE_VENV)
 	@$(PY) -m appliance status
 
+# After editing the accounts file: relays take it without dropping a delivery, workers restart one by one.
+reload: $(APPLIANCE_VENV)
+	@$(PY) -m appliance reload
+
 logs: $(APPLIANCE_VENV)
 	@$(PY) -m appliance logs
 
-# make say TEXT=hello [MODE=plain|compat|safe] | make say EVENT=subscribe | make say EVENT=CLICK KEY=V1001
+# make say TEXT=hello [MODE=plain|compat|safe] [ACCOUNT=name] | make say EVENT=subscribe | make say EVENT=CLICK KEY=V1001
 say: $(APPLIANCE_VENV)
 	@$(PY) -m simulator \
+		$(if $(ACCOUNT),--account $(call shell_quote,$(value ACCOUNT))) \
 		$(if $(TEXT),--text $(call shell_quote,$(value TEXT))) \
 		$(if $(EVENT),--event $(call shell_quote,$(value EVENT))) \
 		$(if $(KEY),--key $(call shell_quote,$(value KEY))) \

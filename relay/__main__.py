@@ -10,7 +10,9 @@ import sys
 
 from tornado.httpserver import HTTPServer
 
-from common import redaction
+from common import accounts, redaction
+from common.accounts import Accounts
+from common.redaction import Redactor
 from common.settings import Settings
 from relay.app import make_app
 from relay.context import Relay
@@ -20,14 +22,12 @@ from wechat.exceptions import InvalidConfigError
 log = logging.getLogger("wxrelay.relay")
 
 
-async def serve(settings: Settings, address: str, port: int) -> None:
+async def serve(settings: Settings, served: Accounts, address: str, port: int, redactor: Redactor) -> None:
     try:
-        relay = Relay.create(settings, port)
+        relay = Relay(settings, served, port, redactor)
     except ValueError as exc:  # a Redis URL the relay cannot use
         raise InvalidConfigError(str(exc)) from None
-    relay.listener.start()
-    relay.replayer.start()
-    await relay.sources.start()
+    await relay.start()
     lag_probe = watch_loop_lag()
     # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).
     server = HTTPServer(make_app(relay), idle_connection_timeout=60)
@@ -37,6 +37,7 @@ async def serve(settings: Settings, address: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
     await stopping.wait()
     # Stop taking requests, then let the ones in flight answer WeChat.
     server.stop()
@@ -44,12 +45,7 @@ async def serve(settings: Settings, address: str, port: int) -> None:
     while relay.dispatcher.in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     lag_probe.stop()
-    relay.sources.stop()
-    await relay.replayer.stop()
-    await relay.listener.stop()
-    relay.broker.ledger.close()
-    relay.spool.close()
-    await relay.client.aclose()
+    await relay.stop()
     log.info("relay on port %d stopped", port)
 
 
@@ -60,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env().validate()
+        served = accounts.load(settings)
     except InvalidConfigError as exc:
         print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    redaction.install(settings)
+    redactor = redaction.install(settings, accounts=served)
     try:
-        asyncio.run(serve(settings, args.address, args.port))
+        asyncio.run(serve(settings, served, args.address, args.port, redactor))
     except InvalidConfigError as exc:
         print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
         return 2

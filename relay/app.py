@@ -13,7 +13,8 @@ from relay.health import HealthzHandler, LivezHandler, MetricsHandler
 def make_app(relay: Relay) -> Application:
     return Application(
         [
-            (r"/wechat", CallbackHandler, {"relay": relay}),
+            # /wechat is the account `default`; /wechat/NAME the others (relay/routes.py).
+            (r"/wechat(?:/([^/]+))?", CallbackHandler, {"relay": relay}),
             (r"/livez", LivezHandler),
             (r"/healthz", HealthzHandler, {"relay": relay}),
             (r"/healthz/brief", HealthzHandler, {"relay": relay, "brief": True}),

@@ -31,7 +31,6 @@ class Broker:
     def __init__(self, client: aioredis.Redis, ledger_connection: PipelinedRedis, settings: Settings) -> None:
         self.client = client
         self.ledger = ledger_connection
-        self._queue = settings.queue
         self._ttl = settings.dedupe_ttl
         self._due_after = ledger.due_after(settings.deliveries, settings.wechat_timeout)
         self._settled = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, settings.lease)
@@ -39,14 +38,14 @@ class Broker:
         self._take = Script(ledger.TAKE)
         self._abandon = Script(ledger.ABANDON)
 
-    async def claim(self, dedupe_key: str, xml: str, answered: bool = False) -> Claim:
-        """Count this delivery; the first one also queues the task, atomically.
+    async def claim(self, dedupe_key: str, xml: str, queue: str, answered: bool = False) -> Claim:
+        """Count this delivery; the first one also queues the task on its account's queue, atomically.
 
         `answered`: a spooled message whose delivery was answered `success`."""
         # The ledger keeps the tag: by it the sweep tells a task a worker holds from one lost.
         tag = str(uuid.uuid4())
-        message = task_message(HANDLE_TASK, [xml, dedupe_key], self._queue, delivery_tag=tag)
-        keys = [ledger.record_key(dedupe_key), self._queue, ledger.DUE_KEY]
+        message = task_message(HANDLE_TASK, [xml, dedupe_key], queue, delivery_tag=tag)
+        keys = [ledger.record_key(dedupe_key), queue, ledger.DUE_KEY]
         args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key, tag]
         state, deliveries, reply = await self.ledger.evalsha(self._claim, keys, args)
         return Claim(state, int(deliveries), reply)

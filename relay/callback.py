@@ -9,9 +9,12 @@ import time
 
 from tornado.web import stream_request_body
 
+from common import ledger
+from common.accounts import DEFAULT, WECOM
 from relay.context import Relay
 from relay.handler import RelayHandler
 from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
+from relay.routes import Route
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError
 from wechat.parser import dedupe_key, parse_xml
 from wechat.signature import check_signature
@@ -27,6 +30,8 @@ class Rejected(Exception):
 
 @stream_request_body
 class CallbackHandler(RelayHandler):
+    route: Route
+
     def initialize(self, relay: Relay) -> None:
         self.relay = relay
         self.config = relay.settings
@@ -35,13 +40,21 @@ class CallbackHandler(RelayHandler):
         self.hung_up = asyncio.Event()
 
     def prepare(self) -> None:
-        # Checked before the body is read: an unsigned or oversize request
-        # costs us nothing but its headers.
+        # Checked before the body is read: an unknown, unsigned or oversize
+        # request costs us nothing but its headers.
+        route = self.relay.routes.get(self.path_args[0] if self.path_args and self.path_args[0] else DEFAULT)
+        if route is None:
+            self.set_status(404)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish("not found")
+            return
+        self.route = route
+        self.wecom = route.account.kind == WECOM
         try:
             if not self.relay.sources.admits(self.request):
                 raise Rejected(403, "source_address", "source address not allowed")
             self.check_signature()
-            if self.request.method == "POST" and self.config.require_encryption and not self.encrypted:
+            if self.request.method == "POST" and not self.encrypted and "plain" not in route.account.modes:
                 raise Rejected(403, "plaintext", "plaintext messages are refused: use safe mode")
             length = self.request.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self.config.max_body:
@@ -60,67 +73,95 @@ class CallbackHandler(RelayHandler):
 
     @property
     def encrypted(self) -> bool:
-        return self.get_query_argument("encrypt_type", "raw") == "aes"
+        # A WeCom app's messages are always encrypted, and say nothing of it in the URL.
+        return self.wecom or self.get_query_argument("encrypt_type", "raw") == "aes"
 
     def on_connection_close(self) -> None:
         self.hung_up.set()
 
     def check_signature(self) -> None:
+        """The URL's signature, and its timestamp's age. A WeCom app signs only
+        with msg_signature, over the body's Encrypt (or echostr): checked as it is decrypted."""
         timestamp = self.get_query_argument("timestamp", "")
-        try:
-            check_signature(
-                self.config.token,
-                self.get_query_argument("signature", ""),
-                timestamp,
-                self.get_query_argument("nonce", ""),
-            )
-        except SignatureError:
-            raise Rejected(403, "signature", "invalid signature") from None
+        if not self.wecom:
+            try:
+                check_signature(
+                    self.route.account.token,
+                    self.get_query_argument("signature", ""),
+                    timestamp,
+                    self.get_query_argument("nonce", ""),
+                )
+            except SignatureError:
+                raise Rejected(403, "signature", "invalid signature") from None
         if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.config.timestamp_window:
             raise Rejected(403, "timestamp", "stale timestamp")
 
     def reject(self, rejected: Rejected) -> None:
-        REJECTED.labels(rejected.reason).inc()
+        REJECTED.labels(self.route.account.name, rejected.reason).inc()
         self.set_status(rejected.status)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(rejected.text)
 
-    def get(self) -> None:
+    # The URL's account name is Tornado's path argument; prepare() has found its route.
+    def get(self, _name: str | None = None) -> None:
         echostr = self.get_query_argument("echostr", "")
         if not echostr:
             self.reject(Rejected(400, "missing_echostr", "missing echostr"))
             return
-        VERIFIED.inc()
+        if self.wecom:
+            try:
+                echostr = self.decrypt_echostr(echostr)
+            except Rejected as rejected:
+                self.reject(rejected)
+                return
+        VERIFIED.labels(self.route.account.name).inc()
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(echostr)
 
-    async def post(self) -> None:
+    def decrypt_echostr(self, echostr: str) -> str:
+        """WeCom's URL verification: echostr is encrypted, and answered decrypted."""
+        assert self.route.crypto is not None  # a WeCom app has its key (common/accounts.py)
+        try:
+            return self.route.crypto.decrypt_echostr(
+                echostr,
+                self.get_query_argument("msg_signature", ""),
+                self.get_query_argument("timestamp", ""),
+                self.get_query_argument("nonce", ""),
+            )
+        except SignatureError:
+            raise Rejected(403, "signature", "invalid msg_signature") from None
+        except DecryptError:
+            raise Rejected(400, "decrypt", "cannot decrypt echostr") from None
+
+    async def post(self, _name: str | None = None) -> None:
         started = time.monotonic()
         try:
-            xml, key = self.read_message()
-            if key is None and not await self.first_use_of_signature():
+            xml, aes_key = self.read_message()
+            if aes_key is None and not await self.first_use_of_signature():
                 raise Rejected(403, "replayed", "signature already used with another body")
         except Rejected as rejected:
             self.reject(rejected)
             return
+        account = self.route.account.name
+        key = ledger.message_key(account, dedupe_key(self.fields))
         try:
-            outcome = await self.relay.dispatcher.dispatch(dedupe_key(self.fields), xml, self.hung_up)
+            outcome = await self.relay.dispatcher.dispatch(self.route, key, xml, self.hung_up)
         except (OSError, sqlite3.Error) as exc:
             # Neither Redis nor the spool could keep it: WeChat must try again.
-            log.error("cannot keep message %s: %s", dedupe_key(self.fields), exc)
-            MESSAGES.labels("unavailable").inc()
+            log.error("cannot keep message %s: %s", key, exc)
+            MESSAGES.labels(account, "unavailable").inc()
             self.set_status(503)
             self.finish("service unavailable")
             return
-        MESSAGES.labels(outcome.how).inc()
+        MESSAGES.labels(account, outcome.how).inc()
         if outcome.reply is None:
             return
-        REPLY_SECONDS.observe(time.monotonic() - started)
-        self.answer(outcome.reply, key)
+        REPLY_SECONDS.labels(account).observe(time.monotonic() - started)
+        self.answer(outcome.reply, aes_key)
 
     async def first_use_of_signature(self) -> bool:
         """Plaintext's signature does not cover the body: one signature, one body."""
-        return await self.relay.signatures.admits(
+        return await self.route.shard.signatures.admits(
             self.get_query_argument("timestamp", ""),
             self.get_query_argument("nonce", ""),
             self.get_query_argument("signature", ""),
@@ -143,12 +184,16 @@ class CallbackHandler(RelayHandler):
             raise Rejected(400, "malformed_xml", "malformed XML") from None
 
     def decrypt(self) -> tuple[str, bytes]:
-        crypto = self.relay.crypto
+        crypto = self.route.crypto
         if crypto is None:
             raise Rejected(400, "not_configured", "encrypted messages are not configured")
         encrypt = self.fields.get("Encrypt")
         if not isinstance(encrypt, str) or not encrypt:
             raise Rejected(400, "malformed_xml", "missing Encrypt")
+        # Compatible mode sends the message in the clear beside its Encrypt.
+        mode = "compat" if "MsgType" in self.fields else "safe"
+        if mode not in self.route.account.modes:
+            raise Rejected(403, "mode", f"{mode} mode is not accepted on this URL")
         try:
             xml, key = crypto.decrypt_message(
                 encrypt,
@@ -168,7 +213,7 @@ class CallbackHandler(RelayHandler):
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish("success")
             return
-        if key is not None and self.relay.crypto is not None:
-            reply = self.relay.crypto.encrypt_reply(reply, self.get_query_argument("nonce", ""), key=key)
+        if key is not None and self.route.crypto is not None:
+            reply = self.route.crypto.encrypt_reply(reply, self.get_query_argument("nonce", ""), key=key)
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(reply)

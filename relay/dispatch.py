@@ -26,8 +26,8 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from common import ledger
 from common.settings import Settings
 from relay.broker import Broker, Claim
-from relay.listener import ReplyListener
 from relay.metrics import HELD, LEDGER_ERRORS, SPOOLED
+from relay.routes import Route
 from relay.spool import Spool
 
 log = logging.getLogger("wxrelay.relay")
@@ -55,9 +55,7 @@ def ledger_error_reason(exc: BaseException) -> str:
 
 
 class Dispatcher:
-    def __init__(self, broker: Broker, listener: ReplyListener, spool: Spool, settings: Settings) -> None:
-        self._broker = broker
-        self._listener = listener
+    def __init__(self, spool: Spool, settings: Settings) -> None:
         self._spool = spool
         self._settings = settings
         self.in_flight = 0
@@ -66,41 +64,44 @@ class Dispatcher:
         self.held: set[str] = set()
         self.last_error: tuple[float, str] | None = None
 
-    async def dispatch(self, dedupe_key: str, xml: str, hung_up: asyncio.Event) -> Outcome:
+    async def dispatch(self, route: Route, dedupe_key: str, xml: str, hung_up: asyncio.Event) -> Outcome:
         self.in_flight += 1
         try:
-            return await self._dispatch(dedupe_key, xml, hung_up, time.monotonic())
+            return await self._dispatch(route, dedupe_key, xml, hung_up, time.monotonic())
         finally:
             self.in_flight -= 1
 
-    async def _dispatch(self, dedupe_key: str, xml: str, hung_up: asyncio.Event, started: float) -> Outcome:
-        waiter = self._listener.expect(dedupe_key)
+    async def _dispatch(
+        self, route: Route, dedupe_key: str, xml: str, hung_up: asyncio.Event, started: float
+    ) -> Outcome:
+        broker, listener = route.shard.broker, route.shard.listener
+        waiter = listener.expect(dedupe_key)
         try:
-            claim = await self._claim(dedupe_key, xml, hung_up, started)
+            claim = await self._claim(broker, route.queue, dedupe_key, xml, hung_up, started)
             if claim is None:
                 return Outcome("", "spooled")
             if claim.state in ledger.REPLY_READY:
-                return await self._take(dedupe_key, xml, claim.reply, "cached")
+                return await self._take(broker, route.queue, dedupe_key, xml, claim.reply, "cached")
             if claim.state in ledger.GONE_LATE:
                 return Outcome("", "late")
             last = claim.deliveries >= self._settings.deliveries
             timeout = self._settings.reply_budget if last else self._settings.wechat_timeout + HOLD_GRACE
             reply = await self._wait(waiter, hung_up, timeout - (time.monotonic() - started))
         finally:
-            self._listener.forget(dedupe_key, waiter)
+            listener.forget(dedupe_key, waiter)
         if reply is not None:
-            return await self._take(dedupe_key, xml, reply, "passive")
+            return await self._take(broker, route.queue, dedupe_key, xml, reply, "passive")
         if hung_up.is_set():
             # The sweep hands the reply to the late path if no delivery comes back for it.
             return Outcome(None, "dropped")
         try:
-            state, reply = await self._broker.abandon(dedupe_key)
+            state, reply = await broker.abandon(dedupe_key)
             if state == ledger.TAKEN:
                 return Outcome(reply, "passive")
             if state == ledger.MISSING:
                 # Redis lost the record (a crash inside AOF's last second): the
                 # delivery in hand recreates it, abandoned, so its reply goes late.
-                await self._broker.claim(dedupe_key, xml, answered=True)
+                await broker.claim(dedupe_key, xml, route.queue, answered=True)
         except RedisError as exc:
             # Kept answered: replayed, it is a no-op if Redis still has the record.
             self._failed(exc)
@@ -108,12 +109,14 @@ class Dispatcher:
             await self._spool.mark_answered(dedupe_key)
         return Outcome("", "success")
 
-    async def _claim(self, dedupe_key: str, xml: str, hung_up: asyncio.Event, started: float) -> Claim | None:
+    async def _claim(
+        self, broker: Broker, queue: str, dedupe_key: str, xml: str, hung_up: asyncio.Event, started: float
+    ) -> Claim | None:
         """The ledger's claim; while Redis cannot take it, the spool holds the message.
 
         None: the budget ran out with Redis still away, the message is spooled."""
         try:
-            return await self._broker.claim(dedupe_key, xml)
+            return await broker.claim(dedupe_key, xml, queue)
         except RedisError as exc:
             self._failed(exc)
         self.held.add(dedupe_key)
@@ -124,7 +127,7 @@ class Dispatcher:
             while time.monotonic() + RETRY_REDIS < deadline and not hung_up.is_set():
                 await asyncio.sleep(RETRY_REDIS)
                 try:
-                    claim = await self._broker.claim(dedupe_key, xml)
+                    claim = await broker.claim(dedupe_key, xml, queue)
                 except RedisError as exc:
                     self._failed(exc)
                     continue
@@ -135,14 +138,14 @@ class Dispatcher:
         finally:
             self.held.discard(dedupe_key)
 
-    async def _take(self, dedupe_key: str, xml: str, reply: str, how: str) -> Outcome:
+    async def _take(self, broker: Broker, queue: str, dedupe_key: str, xml: str, reply: str, how: str) -> Outcome:
         try:
-            state = await self._broker.take(dedupe_key)
+            state = await broker.take(dedupe_key)
             if state in ledger.REPLY_READY:
                 return Outcome(reply, how)
             if state == ledger.MISSING:
                 # Redis lost the record with its reply: run the message again, late.
-                await self._broker.claim(dedupe_key, xml, answered=True)
+                await broker.claim(dedupe_key, xml, queue, answered=True)
         except RedisError as exc:
             # Unrecorded, a written reply could also go late: leave it to the late path.
             self._failed(exc)

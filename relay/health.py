@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from relay.context import Relay
 from relay.handler import RelayHandler
+from relay.shard import Shard
 
 # A worker heartbeats every few seconds; one not seen for this long is gone.
 WORKER_SEEN_WITHIN = 30.0
@@ -39,25 +41,18 @@ class HealthzHandler(RelayHandler):
         self.brief = brief
 
     async def get(self) -> None:
-        report: dict[str, object] = {"redis": False, "workers": 0, "reply_channel": False}
-        problems: list[str] = []
-        try:
-            async with asyncio.timeout(REDIS_CHECK_TIMEOUT):
-                report["redis"] = bool(await self.relay.client.ping())
-                report["workers"] = await self.relay.broker.workers_seen(WORKER_SEEN_WITHIN)
-                memory = await self.relay.client.info("memory")
-        except (RedisError, OSError, TimeoutError) as exc:
-            problems.append(f"Redis unreachable: {exc or type(exc).__name__}")
-        else:
-            limit = int(memory.get("maxmemory", 0))
-            used = int(memory.get("used_memory", 0))
-            if limit and used >= MEMORY_FULL * limit:
-                problems.append(f"Redis memory full: {used} of {limit} bytes (maxmemory); messages are spooled")
-            if not report["workers"]:
-                problems.append(f"no worker seen in the last {WORKER_SEEN_WITHIN:.0f} s")
-        report["reply_channel"] = self.relay.listener.connected.is_set()
-        if not report["reply_channel"]:
-            problems.append("not subscribed to the reply channel")
+        redises = await asyncio.gather(*(self.check(shard) for shard in self.relay.shards.values()))
+        several = len(redises) > 1
+        report: dict[str, object] = {
+            "redis": all(found["redis"] for found, _ in redises),
+            "workers": min(found["workers"] for found, _ in redises),
+            "reply_channel": all(found["reply_channel"] for found, _ in redises),
+        }
+        if several:
+            report["redises"] = [found for found, _ in redises]
+        problems = [
+            f"{found['address']}: {problem}" if several else problem for found, seen in redises for problem in seen
+        ]
         report["spooled"] = self.relay.spool.depth
         if self.relay.spool.depth:
             problems.append(f"{self.relay.spool.depth} messages spooled on disk, waiting for Redis")
@@ -77,6 +72,30 @@ class HealthzHandler(RelayHandler):
             return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(report))
+
+    @staticmethod
+    async def check(shard: Shard) -> tuple[dict[str, Any], list[str]]:
+        """One Redis the accounts use: reachable, with room, its workers seen, its reply channel heard."""
+        found: dict[str, Any] = {"address": shard.address, "redis": False, "workers": 0, "reply_channel": False}
+        problems: list[str] = []
+        try:
+            async with asyncio.timeout(REDIS_CHECK_TIMEOUT):
+                found["redis"] = bool(await shard.client.ping())
+                found["workers"] = await shard.broker.workers_seen(WORKER_SEEN_WITHIN)
+                memory = await shard.client.info("memory")
+        except (RedisError, OSError, TimeoutError) as exc:
+            problems.append(f"Redis unreachable: {exc or type(exc).__name__}")
+        else:
+            limit = int(memory.get("maxmemory", 0))
+            used = int(memory.get("used_memory", 0))
+            if limit and used >= MEMORY_FULL * limit:
+                problems.append(f"Redis memory full: {used} of {limit} bytes (maxmemory); messages are spooled")
+            if not found["workers"]:
+                problems.append(f"no worker seen in the last {WORKER_SEEN_WITHIN:.0f} s")
+        found["reply_channel"] = shard.listener.connected.is_set()
+        if not found["reply_channel"]:
+            problems.append("not subscribed to the reply channel")
+        return found, problems
 
 
 class MetricsHandler(RelayHandler):

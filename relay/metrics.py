@@ -7,13 +7,15 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 from tornado.ioloop import PeriodicCallback
 
-REJECTED = Counter("wxrelay_rejected", "Requests refused before dispatch, by reason.", ["reason"])
+REJECTED = Counter(
+    "wxrelay_rejected", "Requests refused before dispatch, by account and reason.", ["account", "reason"]
+)
 MESSAGES = Counter(
     "wxrelay_messages",
-    "Deliveries of valid messages, by how they ended: passive (reply written), cached (a retry served "
+    "Deliveries of valid messages, by account and how they ended: passive (reply written), cached (a retry served "
     "from the ledger), success (no reply, or out of time), late (reply goes by the API), dropped "
     "(WeChat hung up), spooled (Redis could not take it: kept on disk, answered `success`, its reply goes late).",
-    ["outcome"],
+    ["account", "outcome"],
 )
 LEDGER_ERRORS = Counter(
     "wxrelay_ledger_errors",
@@ -24,10 +26,11 @@ SPOOLED = Counter("wxrelay_spooled", "Messages written to the relay's spool beca
 SPOOL_DEPTH = Gauge("wxrelay_spool_depth", "Messages in the relay's spool, waiting for Redis.")
 REPLAYED = Counter("wxrelay_replayed", "Spooled messages handed to the ledger once Redis was back.")
 HELD = Gauge("wxrelay_deliveries_held", "Deliveries this relay holds open right now, waiting for their reply.")
-VERIFIED = Counter("wxrelay_url_verifications", "Successful GET URL verifications.")
+VERIFIED = Counter("wxrelay_url_verifications", "Successful GET URL verifications.", ["account"])
 REPLY_SECONDS = Histogram(
     "wxrelay_reply_seconds",
-    "Time from request to answer for valid messages.",
+    "Time from request to answer for valid messages, by account.",
+    ["account"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 4.5, 5, 10),
 )
 LOOP_LAG_MAX = Gauge("wxrelay_loop_lag_max_seconds", "The IOLoop's longest stall since the process started.")

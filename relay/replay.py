@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from relay.broker import Broker
+from common.ledger import account_of
 from relay.dispatch import Dispatcher
 from relay.metrics import REPLAYED, SPOOL_DEPTH
+from relay.routes import Route
 from relay.spool import Spool
 
 log = logging.getLogger("wxrelay.relay")
@@ -19,11 +21,12 @@ BATCH = 100
 
 
 class Replayer:
-    def __init__(self, broker: Broker, spool: Spool, dispatcher: Dispatcher) -> None:
-        self._broker = broker
+    def __init__(self, route_of: Callable[[str], Route | None], spool: Spool, dispatcher: Dispatcher) -> None:
+        self._route_of = route_of
         self._spool = spool
         self._dispatcher = dispatcher
         self._task: asyncio.Task[None] | None = None
+        self._unserved: set[str] = set()
 
     def start(self) -> None:
         if self._spool.depth:
@@ -42,18 +45,32 @@ class Replayer:
             await asyncio.sleep(INTERVAL)
 
     async def replay(self) -> int:
-        """One pass over the spool, oldest first; stops at the first Redis error."""
+        """One pass over the spool, oldest first; a Redis that fails is not tried again in this pass."""
         replayed = 0
+        unserved: set[str] = set()
+        failed: set[int] = set()
         for spooled in await self._spool.oldest(BATCH):
             if spooled.dedupe_key in self._dispatcher.held:
                 continue  # a delivery of ours holds it and is trying Redis itself
+            route = self._route_of(spooled.dedupe_key)
+            if route is None:
+                # Its account was removed while it waited: kept, should the account come back.
+                unserved.add(account_of(spooled.dedupe_key))
+                continue
+            if id(route.shard) in failed:
+                continue
             try:
-                await self._broker.claim(spooled.dedupe_key, spooled.xml, answered=spooled.answered)
+                await route.shard.broker.claim(spooled.dedupe_key, spooled.xml, route.queue, answered=spooled.answered)
             except RedisError:
-                break
+                # That Redis is still away; another account's may not be.
+                failed.add(id(route.shard))
+                continue
             await self._spool.remove(spooled.dedupe_key)
             REPLAYED.inc()
             replayed += 1
+        if unserved and unserved != self._unserved:
+            log.error("spooled messages of accounts no longer configured are kept: %s", ", ".join(sorted(unserved)))
+        self._unserved = unserved
         if replayed:
             log.info("replayed %d spooled messages into the ledger (%d left)", replayed, self._spool.depth)
         return replayed

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common import accounts
+from common.accounts import DEFAULT, Account
 from common.settings import Settings
 from simulator.client import MODES, DeliveryResult, ReplyVerificationError, WeChatSimulator
 from simulator.messages import DEFAULT_USER, event_message, text_message
@@ -20,8 +22,9 @@ _UNAVAILABLE = "该公众号暂时无法提供服务，请稍后再试"
 
 def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=f"http://127.0.0.1:{settings.http_port}/wechat")
-    parser.add_argument("--mode", choices=MODES, default=settings.default_mode)
+    parser.add_argument("--account", default=DEFAULT, help="the account to write to (its URL and keys)")
+    parser.add_argument("--url", help="the callback URL (default: the local appliance's, for the account)")
+    parser.add_argument("--mode", choices=MODES, help="default: safe for an account with an EncodingAESKey")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--text", help='a text message (the default: "hello")')
     what.add_argument("--event", help="an event: subscribe, unsubscribe, CLICK, SCAN, LOCATION, VIEW, …")
@@ -39,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         args = parse_args(argv, settings)
-        if not settings.token:
+        if not settings.token and not settings.accounts_file:
             raise InvalidConfigError("WECHAT_TOKEN is not set (the first `make run` writes one into .env)")
+        account = _account(settings, args.account)
+        args.url = args.url or f"http://127.0.0.1:{settings.http_port}{account.path}"
+        args.mode = args.mode or _default_mode(account)
         simulator = WeChatSimulator(
             args.url,
-            settings.token,
-            appid=settings.appid,
-            aes_key=settings.aes_key,
+            account.token,
+            appid=account.appid,
+            aes_key=account.aes_key,
             mode=args.mode,
             deadline=args.deadline,
             deliveries=args.deliveries,
@@ -64,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report(result, simulator.deliveries)
     return 0 if result.answered else 1
+
+
+def _account(settings: Settings, name: str) -> Account:
+    found = accounts.load(settings)
+    if name not in found:
+        raise InvalidConfigError(f"no account {name!r}: the appliance serves {', '.join(found)}")
+    return found[name]
+
+
+def _default_mode(account: Account) -> str:
+    return "safe" if account.aes_key else "plain"
 
 
 def report(result: DeliveryResult, deliveries: int) -> None:

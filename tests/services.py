@@ -160,10 +160,12 @@ class RelayProcess(Process):
         return f"{self.url}/wechat"
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample of the relay's /metrics, 0 when absent."""
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        """The sum of the relay's /metrics samples of `name` with these labels (others any), 0 when absent."""
+        wanted = {f'{key}="{value}"' for key, value in labels.items()}
+        total = 0.0
         for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
             sample, _, value = line.rpartition(" ")
-            if sample == wanted:
-                return float(value)
-        return 0.0
+            metric, _, rest = sample.partition("{")
+            if metric == name and wanted <= set(rest.rstrip("}").split(",")) - {""}:
+                total += float(value)
+        return total

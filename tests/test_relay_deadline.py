@@ -8,7 +8,7 @@ import threading
 import httpx
 
 from simulator.messages import new_msg_id
-from tests.conftest import REPLY_BUDGET, WECHAT_TIMEOUT, runs
+from tests.conftest import APPID, REPLY_BUDGET, WECHAT_TIMEOUT, runs
 
 
 def test_reply_slower_than_one_window_arrives_on_a_retry(wechat, redis_server, wechat_api):
@@ -85,7 +85,7 @@ def test_an_expired_token_is_refreshed_once_for_many_senders(wechat, redis_serve
     # Make sure a token is cached first, then invalidate every issued token.
     client = redis_server.client()
     wechat_api.expire_tokens()
-    client.set("wxrelay:access_token", "stale-token")
+    client.set(f"wxrelay:access_token:{APPID}", "stale-token")
     fetched_before = wechat_api.token_requests
     seconds = 2 * WECHAT_TIMEOUT + REPLY_BUDGET + 0.5
     users = [f"o_token_{new_msg_id()}" for _ in range(4)]
