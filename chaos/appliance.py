@@ -87,6 +87,18 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` in Prometheus text whose labels include these (others any); 0 when none."""
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        metric_name, _, rest = sample.partition("{")
+        if metric_name == name and wanted <= set(rest.rstrip("}").split(",")) - {""}:
+            total += float(value)
+    return total
+
+
 class _Supervisor(Supervisor):
     def stop_program(self, name: str) -> None:
         self._rpc().stopProcess(name, True)
@@ -284,14 +296,9 @@ class Appliance:
     # -- the relays' probes ---------------------------------------------------------------------------------------
 
     def metric(self, port: int, name: str, **labels: str) -> float:
-        """One sample of a relay's /metrics, 0 when absent."""
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        """A relay's /metrics samples of `name` with these labels, summed (see `metric`)."""
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=PROBE_TIMEOUT, trust_env=False).text
-        for line in text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == wanted:
-                return float(value)
-        return 0.0
+        return metric(text, name, **labels)
 
     def held(self) -> dict[int, int]:
         """Deliveries each relay holds open right now, by port."""

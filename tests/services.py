@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from chaos.appliance import metric
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -160,12 +162,5 @@ class RelayProcess(Process):
         return f"{self.url}/wechat"
 
     def metric(self, name: str, **labels: str) -> float:
-        """The sum of the relay's /metrics samples of `name` with these labels (others any), 0 when absent."""
-        wanted = {f'{key}="{value}"' for key, value in labels.items()}
-        total = 0.0
-        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            metric, _, rest = sample.partition("{")
-            if metric == name and wanted <= set(rest.rstrip("}").split(",")) - {""}:
-                total += float(value)
-        return total
+        """The relay's /metrics samples of `name` with these labels, summed (0 when none)."""
+        return metric(httpx.get(f"{self.url}/metrics", timeout=5).text, name, **labels)

@@ -31,7 +31,7 @@ MODES = ("plain", "compat", "safe")
 # A command of the quickstart gets this long; `make run` waits for health itself.
 COMMAND_TIMEOUT = 120
 # Variables of the developer's shell that would change what the commands do.
-_FOREIGN = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TEXT", "MODE", "EVENT", "KEY", "VENV", "VENV_READY")
+_FOREIGN = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TEXT", "MODE", "EVENT", "KEY", "ACCOUNT", "VENV", "VENV_READY")
 
 
 @dataclass
@@ -178,6 +178,26 @@ def test_run_again_is_idempotent_and_supervisor_restarts_a_killed_relay(applianc
     appliance.ok("make stop")
     assert not [pid for pid in started if alive(pid)]
     assert not listening(appliance.ports)
+
+
+def test_an_account_added_by_make_reload_is_answered_and_listed(appliance: Appliance) -> None:
+    appliance.ok("make run")
+    accounts = appliance.env_file.parent / "accounts.toml"
+    accounts.write_text('[accounts.blog]\ntoken = "blogToken1"\nbot = "appserver.example_bot:bot"\n')
+    with appliance.env_file.open("a") as env_file:
+        env_file.write(f"WXRELAY_ACCOUNTS_FILE={accounts}\n")
+    relays = {name: pid for name, pid in appliance.program_pids().items() if name.startswith("wxrelay-relay:")}
+
+    output = appliance.ok("make reload")
+    assert "2 relays re-read the accounts: default, blog" in output, output
+    assert f"http://127.0.0.1:{appliance.http_port}/wechat/blog" in output and "blogToken1" in output
+    # The relays were not restarted: whatever they held open is still theirs to answer.
+    assert {name: appliance.program_pids()[name] for name in relays} == relays
+    said = appliance.ok("make say ACCOUNT=blog TEXT=hello")
+    assert "/wechat/blog (plain mode" in said and f"text: {REPLY}" in said, said
+    status = appliance.ok("make status")
+    assert re.search(r"^  blog\s+official\s+/wechat/blog\s+plain$", status, re.M), status
+    assert "no account 'nope'" in appliance.run("make say ACCOUNT=nope").stderr
 
 
 def test_run_names_the_port_that_is_taken(appliance: Appliance) -> None:
