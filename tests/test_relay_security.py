@@ -116,7 +116,7 @@ def test_required_encryption_refuses_plaintext_and_takes_safe_and_compat(start_r
         ),
         (
             {"WXRELAY_ALLOWED_SOURCES": "wechat", "WECHAT_APPSECRET": ""},
-            "WXRELAY_ALLOWED_SOURCES=wechat needs WECHAT_APPSECRET to fetch WeChat's addresses; "
+            "WXRELAY_ALLOWED_SOURCES=wechat needs an official account's AppSecret to fetch WeChat's addresses; "
             "without one, list them yourself",
         ),
         (
