@@ -6,6 +6,8 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from tornado.web import stream_request_body
 
@@ -20,6 +22,7 @@ from wechat.parser import dedupe_key, parse_xml
 from wechat.signature import check_signature
 
 log = logging.getLogger("wxrelay.relay")
+T = TypeVar("T")
 
 
 class Rejected(Exception):
@@ -121,9 +124,13 @@ class CallbackHandler(RelayHandler):
     def decrypt_echostr(self, echostr: str) -> str:
         """WeCom's URL verification: echostr is encrypted, and answered decrypted."""
         assert self.route.crypto is not None  # a WeCom app has its key (common/accounts.py)
+        return self.unseal(self.route.crypto.decrypt_echostr, echostr, "echostr")
+
+    def unseal(self, decrypt: Callable[[str, str, str, str], T], sealed: str, what: str) -> T:
+        """`decrypt(sealed, msg_signature, timestamp, nonce)`, its failures as the client's answers."""
         try:
-            return self.route.crypto.decrypt_echostr(
-                echostr,
+            return decrypt(
+                sealed,
                 self.get_query_argument("msg_signature", ""),
                 self.get_query_argument("timestamp", ""),
                 self.get_query_argument("nonce", ""),
@@ -131,7 +138,7 @@ class CallbackHandler(RelayHandler):
         except SignatureError:
             raise Rejected(403, "signature", "invalid msg_signature") from None
         except DecryptError:
-            raise Rejected(400, "decrypt", "cannot decrypt echostr") from None
+            raise Rejected(400, "decrypt", f"cannot decrypt {what}") from None
 
     async def post(self, _name: str | None = None) -> None:
         started = time.monotonic()
@@ -194,17 +201,7 @@ class CallbackHandler(RelayHandler):
         mode = "compat" if "MsgType" in self.fields else "safe"
         if mode not in self.route.account.modes:
             raise Rejected(403, "mode", f"{mode} mode is not accepted on this URL")
-        try:
-            xml, key = crypto.decrypt_message(
-                encrypt,
-                self.get_query_argument("msg_signature", ""),
-                self.get_query_argument("timestamp", ""),
-                self.get_query_argument("nonce", ""),
-            )
-        except SignatureError:
-            raise Rejected(403, "signature", "invalid msg_signature") from None
-        except DecryptError:
-            raise Rejected(400, "decrypt", "cannot decrypt") from None
+        xml, key = self.unseal(crypto.decrypt_message, encrypt, "Encrypt")
         self.fields = parse_xml(xml)
         return xml, key
 
