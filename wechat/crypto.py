@@ -133,6 +133,14 @@ class MessageCrypto:
     ) -> tuple[str, bytes]:
         """Verify and decrypt `Encrypt`; return the message and the key that worked."""
         check_msg_signature(self.token, msg_signature, timestamp, nonce, encrypt)
+        return self._decrypt(encrypt)
+
+    def decrypt_echostr(self, echostr: str, msg_signature: str | None, timestamp: str | None, nonce: str | None) -> str:
+        """WeCom's URL verification: `echostr` is encrypted and signed like a message; its plaintext is the answer."""
+        check_msg_signature(self.token, msg_signature, timestamp, nonce, echostr)
+        return self._decrypt(echostr)[0]
+
+    def _decrypt(self, encrypt: str) -> tuple[str, bytes]:
         keys = [self.key] if self.previous_key is None else [self.key, self.previous_key]
         errors: list[DecryptError] = []
         for key in keys:

@@ -1,0 +1,78 @@
+"""A WeCom app through the appliance: URL verification with an encrypted
+echostr, encrypted messages to the CorpID answered encrypted, nothing else."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import WECHAT_TIMEOUT
+from tests.test_many_accounts import Stack
+from wechat.crypto import MessageCrypto, decode_aes_key, encrypt
+from wechat.parser import parse_xml
+from wechat.signature import make_signature
+
+TOKEN, AES_KEY, CORPID, AGENTID = "stafftoken1", "W" * 43, "ww0000000000000001", 1000002
+STAFF = f"""[accounts.staff]
+kind = "wecom"
+token = "{TOKEN}"
+aes_key = "{AES_KEY}"
+corpid = "{CORPID}"
+agentid = {AGENTID}
+bot = "tests/bots/account_bots.py:staff"
+"""
+
+
+@pytest.fixture
+def staff(log_dir, stack_env, redis_server, tmp_path, worker):
+    stack = Stack(log_dir, stack_env, redis_server, tmp_path / "accounts.toml")
+    relay = stack.start(STAFF)
+    yield f"{relay.callback}/staff"
+    stack.stop()
+
+
+def signed(sealed: str, token: str = TOKEN) -> dict[str, str]:
+    timestamp, nonce = str(int(time.time())), str(secrets.randbelow(10**9))
+    return {"msg_signature": make_signature(token, timestamp, nonce, sealed), "timestamp": timestamp, "nonce": nonce}
+
+
+def test_url_verification_answers_the_decrypted_echostr(staff):
+    echostr = encrypt(decode_aes_key(AES_KEY), "1616140317555161061", CORPID)
+    answer = httpx.get(staff, params={**signed(echostr), "echostr": echostr})
+    assert (answer.status_code, answer.text) == (200, "1616140317555161061")
+    # Signed with another token; or for another corp; or an official account's plain signature.
+    assert httpx.get(staff, params={**signed(echostr, "othertoken1"), "echostr": echostr}).status_code == 403
+    foreign = encrypt(decode_aes_key(AES_KEY), "1616140317555161061", "ww_another_corp")
+    assert httpx.get(staff, params={**signed(foreign), "echostr": foreign}).status_code == 400
+    plain = {"signature": make_signature(TOKEN, "1", "2"), "timestamp": str(int(time.time())), "nonce": "2"}
+    assert httpx.get(staff, params={**plain, "echostr": echostr}).status_code == 403
+
+
+def test_an_encrypted_message_to_the_corp_is_answered_encrypted(staff):
+    inner = (
+        f"<xml><ToUserName><![CDATA[{CORPID}]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>"
+        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+        f"<Content><![CDATA[hi]]></Content><MsgId>{secrets.randbelow(10**15)}</MsgId><AgentID>{AGENTID}</AgentID></xml>"
+    )
+    sealed = encrypt(decode_aes_key(AES_KEY), inner, CORPID)
+    body = f"<xml><ToUserName><![CDATA[{CORPID}]]></ToUserName><AgentID>{AGENTID}</AgentID>"
+    body += f"<Encrypt><![CDATA[{sealed}]]></Encrypt></xml>"
+    params = signed(sealed)
+    answer = httpx.post(staff, params=params, content=body, timeout=WECHAT_TIMEOUT + 1)
+    assert answer.status_code == 200
+    envelope = parse_xml(answer.content)
+    crypto = MessageCrypto(TOKEN, AES_KEY, CORPID)
+    reply, _ = crypto.decrypt_message(
+        envelope["Encrypt"], envelope["MsgSignature"], envelope["TimeStamp"], envelope["Nonce"]
+    )
+    fields = parse_xml(reply)
+    assert (fields["Content"], fields["ToUserName"], fields["FromUserName"]) == ("staff bot: hi", "zhangsan", CORPID)
+    # The same message in the clear is not WeCom's: refused unread.
+    assert httpx.post(staff, params=params, content=inner).status_code == 400
+    # Nor for another corp.
+    foreign = encrypt(decode_aes_key(AES_KEY), inner, "ww_another_corp")
+    body = f"<xml><ToUserName>x</ToUserName><Encrypt><![CDATA[{foreign}]]></Encrypt></xml>"
+    assert httpx.post(staff, params=signed(foreign), content=body).status_code == 400
