@@ -62,9 +62,14 @@ MIRROR = os.environ.get("WXRELAY_REHEARSE_MIRROR", "http://deb.debian.org/debian
 # first play installs it.
 PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,sudo,ca-certificates,iproute2"
 REQUIRED = ("systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "nsenter", "make", "chroot")
-# The AppID is public (every message names it); every other vault value is a
-# secret that Ansible's output, diffs included, must never show.
-PUBLIC = {"vault_wxrelay_wechat_appid"}
+# The AppIDs and the CorpID are public (every message names them); every other
+# vault value is a secret that Ansible's output, diffs included, must never show.
+PUBLIC = {
+    "vault_wxrelay_wechat_appid",
+    "vault_wxrelay_shop_appid",
+    "vault_wxrelay_news_appid",
+    "vault_wxrelay_staff_corpid",
+}
 
 
 class RehearsalError(Exception):
