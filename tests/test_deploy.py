@@ -13,12 +13,15 @@ runs), where everything is installed and a missing tool is a failure.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -214,6 +217,134 @@ def test_redis_users_by_version_and_the_admin_password_stays_out_of_the_env_file
     assert admin not in env and digest not in env and "ADMIN" not in env
 
 
+# --- accounts ---------------------------------------------------------------------------------
+
+
+def load_accounts(host: Path):
+    """The accounts the appliance reads from a host's rendered env and accounts files (common.accounts)."""
+    sys.path.insert(0, str(ROOT))
+    from common import accounts
+    from common.settings import Settings
+
+    environ = {"WXRELAY_ACCOUNTS_FILE": str(host / "accounts.toml")}
+    return accounts.load(Settings.from_env(environ, env_file=host / "wxrelay.env").validate(), environ)
+
+
+def test_accounts_file_renders_to_toml_the_appliance_loads(tmp_path: Path) -> None:
+    """The test inventory's accounts, with their vault secrets, as common.accounts reads them."""
+    host = render(TESTS_DEPLOY / "inventory", tmp_path) / "rehearsal"
+    document = tomllib.loads((host / "accounts.toml").read_text())
+    assert set(document) == {"accounts"} and list(document["accounts"]) == ["shop", "news", "staff"]
+    assert document["accounts"]["staff"]["agentid"] == 1000002
+    assert document["accounts"]["news"]["late_replies"] is False
+    assert 'WXRELAY_ACCOUNTS_FILE="/etc/wxrelay/accounts.toml"' in (host / "wxrelay.env").read_text()
+    served = load_accounts(host)
+    assert list(served) == ["default", "shop", "news", "staff"]
+    shop, news, staff = served["shop"], served["news"], served["staff"]
+    assert (shop.kind, shop.path, shop.modes, shop.appid) == (
+        "official",
+        "/wechat/shop",
+        {"safe"},
+        "wx1a2b3c4d5e6f7081",
+    )
+    assert (news.modes, news.aes_key, news.late_replies) == ({"plain"}, None, False)
+    assert (staff.kind, staff.appid, staff.agentid, staff.modes) == ("wecom", "ww5a4b3c2d1e0f9876", 1000002, {"safe"})
+    assert staff.api_base == "http://127.0.0.1:9"
+    assert len({account.token for account in served.values()}) == 4
+
+
+def test_accounts_file_escapes_any_string(tmp_path: Path) -> None:
+    """Strings as TOML basic strings whatever they hold; an agentid from the vault (a string) as a number."""
+    awkward = 'a "quoted" \\ back\\slash\nnewline\ttab é 中文 ${NOT_SUBSTITUTED_HERE'
+    account = {
+        "name": "odd",
+        "kind": "wecom",
+        "corpid": "ww0123456789abcdef",
+        "agentid": "1000003",
+        "token": "oddtoken",
+        "aes_key": "A" * 43,
+        "bot": awkward,
+        "modes": ["safe"],
+        "late_replies": True,
+        "aes_key_previous": None,
+    }
+    extra = json.dumps({"wxrelay_accounts": [account]})
+    table = tomllib.loads(
+        (render(TESTS_DEPLOY / "multihost", tmp_path, "-e", extra) / "front1/accounts.toml").read_text()
+    )
+    odd = table["accounts"]["odd"]
+    assert odd["bot"] == awkward and odd["agentid"] == 1000003 and odd["late_replies"] is True
+    assert "aes_key_previous" not in odd and odd["modes"] == ["safe"]
+
+
+def test_no_accounts_no_accounts_file(tmp_path: Path) -> None:
+    env = (render(TESTS_DEPLOY / "multihost", tmp_path) / "front1/wxrelay.env").read_text()
+    assert 'WXRELAY_ACCOUNTS_FILE=""' in env and 'WECOM_API_BASE="https://qyapi.weixin.qq.com"' in env
+
+
+def supervisor_processes(conf: Path) -> dict[str, list[str]]:
+    """Every process of the rendered supervisor.conf, by program: PROGRAM:NAME as supervisorctl names it."""
+    parser = configparser.RawConfigParser(strict=True)
+    parser.read_string(conf.read_text())
+    found = {}
+    for section in parser.sections():
+        program = section.removeprefix("program:")
+        options = parser[section]
+        start = int(options.get("numprocs_start", "0"))
+        found[program] = [
+            f"{program}:{options['process_name'] % {'process_num': n}}"
+            for n in range(start, start + int(options["numprocs"]))
+        ]
+    return found
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["one-group", "two-groups"])
+def test_handlers_restart_every_process_of_every_worker_group(tmp_path: Path, pinned: bool) -> None:
+    """Restart wxrelay and Reload wxrelay accounts go through each process supervisor runs, one at a time."""
+    extra = []
+    if pinned:
+        groups = [
+            {
+                "program": "wxrelay-worker",
+                "name": "worker",
+                "accounts": "{{ wxrelay_worker_accounts }}",
+                "processes": 3,
+            },
+            {"program": "wxrelay-worker-r1", "name": "worker-r1", "accounts": "shop,staff", "processes": 2},
+        ]
+        extra = ["-e", json.dumps({"wxrelay_worker_groups": groups, "wxrelay_worker_accounts": "default,news"})]
+    host = render(TESTS_DEPLOY / "inventory", tmp_path, *extra) / "rehearsal"
+    programs = supervisor_processes(host / "supervisor.conf")
+    handled = json.loads((host / "handler-processes.json").read_text())
+    assert (
+        handled["relays"] == programs.pop("wxrelay-relay") == [f"wxrelay-relay:relay-{p}" for p in (8001, 8002, 8003)]
+    )
+    assert handled["workers"] == [name for processes in programs.values() for name in processes]
+    if pinned:
+        assert list(programs) == ["wxrelay-worker", "wxrelay-worker-r1"] and len(handled["workers"]) == 5
+        conf = (host / "supervisor.conf").read_text()
+        assert 'WXRELAY_WORKER_ACCOUNTS="default,news"' in conf and 'WXRELAY_WORKER_ACCOUNTS="shop,staff"' in conf
+    else:
+        assert handled["workers"] == ["wxrelay-worker:worker-0", "wxrelay-worker:worker-1"]
+        assert "WXRELAY_WORKER_ACCOUNTS" not in (host / "supervisor.conf").read_text()
+    # Both handlers loop over those lists; the reload signals the relays, restarts the workers.
+    handlers = {h["name"]: h for h in yaml_load(ANSIBLE_DIR / "roles/supervisor/handlers/main.yml")}
+    assert handlers["Restart wxrelay"]["loop"] == "{{ supervisor_relay_processes + supervisor_worker_processes }}"
+    reload = handlers["Reload wxrelay accounts"]
+    assert "supervisor_worker_processes" in reload["loop"] and "'wxrelay-relay:*'" in reload["loop"]
+    assert "'signal', 'HUP'" in reload["ansible.builtin.command"]["argv"]
+    notified = [
+        t for t in yaml_load(ANSIBLE_DIR / "roles/app/tasks/main.yml") if t["name"] == "Write the accounts file"
+    ]
+    assert notified[0]["notify"] == "Reload wxrelay accounts" and notified[0]["diff"] is False
+    assert notified[0]["ansible.builtin.template"]["mode"] == "0640"
+
+
+def yaml_load(path: Path):
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(path.read_text())
+
+
 # --- conventions ---------------------------------------------------------------------------
 
 
@@ -226,6 +357,11 @@ def test_secrets_follow_the_vault_convention() -> None:
         plain = (inventory / "vars.yml").read_text()
         for secret in ("wechat_token", "wechat_appid", "wechat_aes_key", "wechat_appsecret", "redis_password"):
             assert f'wxrelay_{secret}: "{{{{ vault_wxrelay_{secret} }}}}"' in plain
+    # The accounts' secrets too: every one from the vault.
+    plain = (TESTS_DEPLOY / "inventory/group_vars/all/vars.yml").read_text()
+    for account, fields in (("shop", "token aes_key appsecret"), ("news", "token"), ("staff", "token aes_key secret")):
+        for field in fields.split():
+            assert f'"{{{{ vault_wxrelay_{account}_{field} }}}}"' in plain
     # The admin's password is optional: a vault made before it existed still works.
     assert "wxrelay_redis_admin_password: \"{{ vault_wxrelay_redis_admin_password | default('') }}\"" in (
         (example / "vars.yml").read_text()

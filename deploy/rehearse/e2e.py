@@ -28,6 +28,10 @@ import httpx
 import yaml
 
 from simulator import WeChatSimulator
+from simulator.messages import text_message, to_xml
+from wechat.crypto import MessageCrypto, encrypt
+from wechat.exceptions import DecryptError, SignatureError, XMLError
+from wechat.parser import parse_xml
 from wechat.signature import make_signature
 
 # What the example bot (appserver/example_bot.py) answers.
@@ -39,11 +43,28 @@ REDIS_PORT = 6379
 SERVICE_USER = "wxrelay"
 REDIS_USER = "wxrelay"
 ENV_FILE = "/etc/wxrelay/wxrelay.env"
+ACCOUNTS_FILE = "/etc/wxrelay/accounts.toml"
 APP_DIR = "/opt/wxrelay"
 REDIS_CONF = "/etc/redis/redis.conf"
 SUPERVISOR_SOCKET = "/var/run/supervisor.sock"
 # A relay just restarted takes a moment to resubscribe and see the workers.
 HEALTHY_WITHIN = 15.0
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account of the test inventory's wxrelay_accounts (tests/deploy), its
+    secrets the vault's vault_wxrelay_<name>_* variables."""
+
+    name: str
+    mode: str  # the one mode it accepts: plain or safe
+    kind: str = "official"
+    agentid: int = 0
+
+
+# As in tests/deploy/inventory/group_vars/all/vars.yml.
+OFFICIAL_ACCOUNTS = (Account("shop", "safe"), Account("news", "plain"))
+WECOM_APP = Account("staff", "safe", kind="wecom", agentid=1000002)
 
 T = TypeVar("T")
 
@@ -63,6 +84,22 @@ class Target:
     source: str  # where the checks come from: the one address wxrelay_allowed_sources lets in
     relays: int = 3
     workers: int = 2
+
+    def secret(self, account: Account, field: str) -> str:
+        return self.secrets[f"vault_wxrelay_{account.name}_{field}"]
+
+    def account_simulator(self, account: Account, *, url: str | None = None) -> WeChatSimulator:
+        """WeChat as it calls `account` (on its URL unless told another)."""
+        return WeChatSimulator(
+            url or f"{self.url}/wechat/{account.name}",
+            self.secret(account, "token"),
+            appid=self.secret(account, "appid"),
+            aes_key=self.secrets.get(f"vault_wxrelay_{account.name}_aes_key"),
+            mode=account.mode,
+            deadline=5.0,
+            deliveries=3,
+            account=f"gh_{account.name}",
+        )
 
     def simulator(self, mode: str) -> WeChatSimulator:
         return WeChatSimulator(
@@ -200,6 +237,112 @@ def check_bad_signature(target: Target) -> None:
         response = httpx.post(f"{target.url}/wechat", params=forged, content=body, timeout=5)
         check(response.status_code == 403, f"a bad {name} got HTTP {response.status_code}, not 403")
     passed("bad signature and bad msg_signature refused (403)")
+
+
+def check_accounts(target: Target) -> None:
+    """Each official account of the accounts file on its own URL, with its own keys and queue."""
+    for account in OFFICIAL_ACCOUNTS:
+        text = f"hello {account.name}"
+        result = target.account_simulator(account).say(text, user=f"o_{account.name}_user")
+        check(result.answered, f"/wechat/{account.name}: no delivery of {text!r} was answered ({result.attempts})")
+        match = ECHO.match(result.text or "")
+        check(match and match["text"] == text, f"/wechat/{account.name}: unexpected reply {result.text!r}")
+        check(
+            result.decrypted == (account.mode != "plain"),
+            f"/wechat/{account.name}: the reply was {'not ' if not result.decrypted else ''}encrypted",
+        )
+        passed(f"/wechat/{account.name} ({account.mode} mode): answered by the bot in {result.elapsed:.3f} s")
+
+
+def check_accounts_keep_to_their_keys(target: Target) -> None:
+    """A request signed with one account's token is refused on another's URL, and an unknown account is not found."""
+    shop, news = OFFICIAL_ACCOUNTS
+    wrong = (
+        (shop, f"{target.url}/wechat/{news.name}"),
+        (news, f"{target.url}/wechat/{shop.name}"),
+        (news, f"{target.url}/wechat"),
+        (shop, f"{target.url}/wechat/{WECOM_APP.name}"),
+    )
+    for signer, url in wrong:
+        params, body = target.account_simulator(signer).build_request(
+            text_message("not yours", user="o_intruder", account=f"gh_{signer.name}")
+        )
+        response = httpx.post(url, params=params, content=body, timeout=5)
+        check(
+            response.status_code == 403,
+            f"a message signed with {signer.name}'s token on {url}: HTTP {response.status_code}, not 403",
+        )
+    passed("a message signed with another account's token is refused (403): shop↔news, news on /wechat, shop on staff")
+    params, body = target.account_simulator(shop).build_request(text_message("anyone?", user="o_intruder"))
+    for method, url in (("POST", f"{target.url}/wechat/nosuch"), ("GET", f"{target.url}/wechat/nosuch")):
+        response = httpx.request(method, url, params=params, content=body if method == "POST" else None, timeout=5)
+        check(response.status_code == 404, f"{method} {url}: HTTP {response.status_code}, not 404")
+    passed("an unknown account (/wechat/nosuch) is not found (404), GET and POST")
+
+
+def wecom_crypto(target: Target) -> MessageCrypto:
+    return MessageCrypto(
+        target.secret(WECOM_APP, "token"), target.secret(WECOM_APP, "aes_key"), target.secret(WECOM_APP, "corpid")
+    )
+
+
+def wecom_signed(crypto: MessageCrypto, sealed: str) -> dict[str, str]:
+    """The query of a WeCom callback: msg_signature over token, timestamp, nonce and the sealed text."""
+    timestamp, nonce = str(int(time.time())), str(int(time.time() * 1000) % 10**9)
+    return {
+        "msg_signature": make_signature(crypto.token, timestamp, nonce, sealed),
+        "timestamp": timestamp,
+        "nonce": nonce,
+    }
+
+
+def check_wecom_message(target: Target) -> None:
+    """A message to the WeCom app, answered by the bot in an envelope sealed and signed with the app's keys."""
+    crypto, corpid, url = wecom_crypto(target), target.secret(WECOM_APP, "corpid"), f"{target.url}/wechat/staff"
+    text = "hello staff"
+    message = text_message(text, user="rehearsal.staff", account=corpid, AgentID=WECOM_APP.agentid)
+    sealed = encrypt(crypto.key, to_xml(message), corpid)
+    body = to_xml({"ToUserName": corpid, "AgentID": WECOM_APP.agentid, "Encrypt": sealed}).encode()
+    params = wecom_signed(crypto, sealed)
+    started = time.monotonic()
+    for _delivery in range(3):  # as WeCom retries: the same request, a 5 s deadline each
+        try:
+            response = httpx.post(url, params=params, content=body, headers={"Content-Type": "text/xml"}, timeout=5)
+        except httpx.TimeoutException:
+            continue
+        if response.status_code == 200:
+            break
+    else:
+        raise CheckFailed(f"WeCom: no delivery of {text!r} was answered")
+    elapsed = time.monotonic() - started
+    try:
+        envelope = parse_xml(response.content)
+        plaintext, _ = crypto.decrypt_message(
+            envelope["Encrypt"], envelope.get("MsgSignature"), envelope.get("TimeStamp"), envelope.get("Nonce")
+        )
+        reply = parse_xml(plaintext)
+    except (KeyError, XMLError, SignatureError, DecryptError) as exc:
+        raise CheckFailed(f"WeCom: the reply is not an envelope sealed and signed by the app's keys: {exc!r}") from None
+    match = ECHO.match(str(reply.get("Content", "")))
+    check(match and match["text"] == text, f"WeCom: unexpected reply {reply.get('Content')!r}")
+    check(reply.get("ToUserName") == "rehearsal.staff", f"WeCom: the reply goes to {reply.get('ToUserName')!r}")
+    passed(f"/wechat/staff (WeCom): a message answered by the bot, sealed and signed, in {elapsed:.3f} s")
+
+
+def check_wecom_url_verification(target: Target) -> None:
+    """The WeCom app's URL verification: an encrypted echostr, signed by msg_signature, answered decrypted."""
+    crypto, corpid, url = wecom_crypto(target), target.secret(WECOM_APP, "corpid"), f"{target.url}/wechat/staff"
+    echo = "rehearsal-wecom-echo-1618"
+    sealed = encrypt(crypto.key, echo, corpid)
+    response = httpx.get(url, params={**wecom_signed(crypto, sealed), "echostr": sealed}, timeout=5)
+    check(
+        response.status_code == 200 and response.text == echo,
+        f"WeCom URL verification: HTTP {response.status_code} {response.text[:100]!r}, not the decrypted echostr",
+    )
+    forged = {**wecom_signed(crypto, sealed), "echostr": sealed, "msg_signature": "0" * 40}
+    response = httpx.get(url, params=forged, timeout=5)
+    check(response.status_code == 403, f"WeCom URL verification, bad msg_signature: HTTP {response.status_code}")
+    passed("/wechat/staff (WeCom): URL verification answers the decrypted echostr; a bad msg_signature gets 403")
 
 
 def check_spread(target: Target) -> None:
@@ -383,6 +526,16 @@ def check_host_files(target: Target) -> None:
         f"{ENV_FILE} root:{SERVICE_USER} 0640 in a 0750 folder: {SERVICE_USER} reads it, cannot change it; "
         "the Redis URL names its user, no admin password"
     )
+    check(
+        stat(ACCOUNTS_FILE) == f"root:{SERVICE_USER} 640",
+        f"{ACCOUNTS_FILE}: {stat(ACCOUNTS_FILE)}, not root:{SERVICE_USER} 640",
+    )
+    check(service_can("r", ACCOUNTS_FILE), f"{SERVICE_USER} cannot read {ACCOUNTS_FILE}")
+    check(not service_can("w", ACCOUNTS_FILE), f"{SERVICE_USER} can change {ACCOUNTS_FILE}")
+    check(f'WXRELAY_ACCOUNTS_FILE="{ACCOUNTS_FILE}"' in env, f"{ENV_FILE} does not name {ACCOUNTS_FILE}")
+    passed(
+        f"{ACCOUNTS_FILE} root:{SERVICE_USER} 0640: {SERVICE_USER} reads it, cannot change it, named by the env file"
+    )
 
     loose = target.shell(
         f"sudo find {APP_DIR} \\( ! -user root -o ! -type l -perm /022 \\) -print | head -5", check=False
@@ -450,6 +603,9 @@ CHECKS = (
     check_allowed_sources,
     check_modes,
     check_bad_signature,
+    check_accounts,
+    check_accounts_keep_to_their_keys,
+    check_wecom_message,
     check_spread,
     check_relay_down,
     check_processes,
@@ -459,6 +615,7 @@ CHECKS = (
     check_host_files,
     check_closed_from_outside,
     check_https,
+    check_wecom_url_verification,
 )
 
 

@@ -7,7 +7,9 @@ reaches the Debian mirror). Then, as a user would:
 1. `make deploy` with the test inventory and test-only vault (tests/deploy);
 2. `make deploy` again, which must report changed=0 on every host; both with
    --diff, and neither output may show a secret of the vault;
-3. end-to-end checks from this machine through the container's nginx, and of
+3. `make deploy` with one more account: only the accounts file changes, the
+   relays reload it in place (SIGHUP), the workers restart, the account answers;
+4. end-to-end checks from this machine through the container's nginx, and of
    the host's hardening from inside it (deploy/rehearse/e2e.py).
 
 Everything it sets up is torn down at the end, on failure too: the container
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -39,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
 
 from deploy.rehearse import e2e  # noqa: E402
 
@@ -62,9 +67,23 @@ MIRROR = os.environ.get("WXRELAY_REHEARSE_MIRROR", "http://deb.debian.org/debian
 # first play installs it.
 PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,sudo,ca-certificates,iproute2"
 REQUIRED = ("systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "nsenter", "make", "chroot")
-# The AppID is public (every message names it); every other vault value is a
-# secret that Ansible's output, diffs included, must never show.
-PUBLIC = {"vault_wxrelay_wechat_appid"}
+# The AppIDs and the CorpID are public (every message names them); every other
+# vault value is a secret that Ansible's output, diffs included, must never show.
+PUBLIC = {
+    "vault_wxrelay_wechat_appid",
+    "vault_wxrelay_shop_appid",
+    "vault_wxrelay_news_appid",
+    "vault_wxrelay_staff_corpid",
+    "vault_wxrelay_late_appid",
+}
+# The account the third converge adds (its secrets in the vault too): the
+# accounts file changes, nothing else.
+ADDED_ACCOUNT = {
+    "name": "late",
+    "appid": "{{ vault_wxrelay_late_appid }}",
+    "token": "{{ vault_wxrelay_late_token }}",
+    "modes": ["plain"],
+}
 
 
 class RehearsalError(Exception):
@@ -327,7 +346,7 @@ class Rehearsal:
 
     # --- the deploys -----------------------------------------------------------------
 
-    def deploy(self, name: str) -> str:
+    def deploy(self, name: str, extra: str = "") -> str:
         argv = [
             "make",
             "--no-print-directory",
@@ -338,7 +357,7 @@ class Rehearsal:
             f"INVENTORY={INVENTORY}",
             f"VAULT_PASSWORD_FILE={VAULT_PASSWORD}",
             # --diff as an operator upgrading would run it: the secrets must not show.
-            f"ANSIBLE_ARGS=--diff -e app_project_dir={self.snapshot}",
+            f"ANSIBLE_ARGS=--diff -e app_project_dir={self.snapshot} {extra}".rstrip(),
         ]
         env = {**os.environ, "WXRELAY_REHEARSE_SSH_KEY": str(self.key), "ANSIBLE_FORCE_COLOR": "0"}
         output_path = self.work / f"{name}.log"
@@ -388,6 +407,11 @@ class Rehearsal:
         if not recap or changed:
             tasks = "\n".join(changed_tasks(second))
             raise RehearsalError(f"the second converge was not idempotent: {changed or 'no recap'}\n{tasks}")
+        with self.timings.step("third converge (an account added)"):
+            third = self.reload_accounts()
+        shown = leaked(third, secrets)
+        if shown:
+            raise RehearsalError(f"Ansible's output (converge-3.log) shows {', '.join(shown)}")
         with self.timings.step("end-to-end checks"):
             e2e.run_checks(
                 e2e.Target(
@@ -400,6 +424,48 @@ class Rehearsal:
                     source=HOST_ADDRESS,
                 )
             )
+
+    def reload_accounts(self) -> str:
+        """An account added to wxrelay_accounts: the deploy changes the accounts file and
+        reloads (the relays on SIGHUP, the same processes; the workers restarted), no restart
+        of everything; the new account answers."""
+        listed = yaml.safe_load((INVENTORY / "group_vars/all/vars.yml").read_text())["wxrelay_accounts"]
+        extra = self.work / "more-accounts.json"
+        extra.write_text(json.dumps({"wxrelay_accounts": [*listed, ADDED_ACCOUNT]}))
+        before = self.program_pids()
+        output = self.deploy("converge-3", f"-e @{extra}")
+        after = self.program_pids()
+        tasks = changed_tasks(output)
+        expected = ("TASK [app : Write the accounts file]", "RUNNING HANDLER [supervisor : Reload wxrelay accounts]")
+        unexpected = [line for line in tasks if not line.strip().startswith(expected)]
+        if unexpected or not tasks:
+            raise RehearsalError("adding an account changed more than the accounts file:\n" + "\n".join(tasks))
+        relays = {name for name in before if name.startswith("wxrelay-relay:")}
+        restarted = sorted(name for name in relays if after.get(name) != before[name])
+        if restarted or not relays:
+            raise RehearsalError(f"adding an account restarted relays {restarted} (SIGHUP should do): {before} {after}")
+        workers = sorted(set(before) - relays)
+        kept = [name for name in workers if after.get(name) == before[name]]
+        if kept or not workers:
+            raise RehearsalError(f"adding an account left workers {kept} with the old accounts: {before} {after}")
+        log(f"an account added: {len(relays)} relays reloaded (same processes), {len(workers)} workers restarted")
+        token = e2e.read_vault(VAULT, VAULT_PASSWORD)["vault_wxrelay_late_token"]
+        result = e2e.WeChatSimulator(f"http://{GUEST_ADDRESS}/wechat/late", token, deadline=5.0).say("hello late")
+        match = e2e.ECHO.match(result.text or "")
+        if not (result.answered and match and match["text"] == "hello late"):
+            raise RehearsalError(f"/wechat/late, the account added: {result.attempts} {result.text!r}")
+        log("the account added answers on /wechat/late")
+        return output
+
+    def program_pids(self) -> dict[str, str]:
+        """Each wxrelay process supervisor runs, and its pid."""
+        status = self.ssh("sudo supervisorctl status", check=False).stdout
+        pids = {}
+        for line in status.splitlines():
+            match = re.match(r"^(wxrelay-\S+)\s+RUNNING\s+pid (\d+),", line)
+            if match:
+                pids[match.group(1)] = match.group(2)
+        return pids
 
     def teardown(self) -> None:
         with self.timings.step("teardown"):
