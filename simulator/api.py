@@ -1,5 +1,5 @@
 """The simulator's stand-in for WeChat's API servers (access_token and stable_token, customer-service
-send, callback addresses).
+send, callback addresses) and WeCom's (gettoken, message/send), for any number of accounts and apps.
 
 WeChat's servers are outside the machine, so this is the one fake the test
 suite allows; the fault rehearsal (`make chaos`) counts late replies with it
@@ -7,7 +7,10 @@ too. It answers like api.weixin.qq.com: HTTP 200 with a JSON errcode, and
 keeps every issued token valid until `expire_tokens()` (WeChat keeps the
 previous token alive for five minutes after a new fetch). stable_token hands
 out one token per AppID until it expires, a new one only when forced, and a
-forced refresh ends the one before, as WeChat's does.
+forced refresh ends the one before, as WeChat's does. WeCom's gettoken hands
+out one token per app (CorpID and Secret) until it expires, as WeCom's does.
+Every token knows its owner (an AppID, or `corpid:agentid`), and so does
+every send made with it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ ERRMSG = {
     40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
     40013: "invalid appid",
+    40014: "invalid access_token",
+    40056: "invalid agentid",
     40125: "invalid appsecret",
     41001: "access_token missing",
     42001: "access_token expired",
@@ -44,11 +49,13 @@ DROPPED = -2
 
 @dataclass(frozen=True)
 class SendAttempt:
-    """One POST to custom/send, accepted or not (errcode DROPPED: left unanswered); `body` is the raw bytes."""
+    """One POST to custom/send (or WeCom's message/send), accepted or not (errcode DROPPED: left unanswered);
+    `body` is the raw bytes, `owner` whose token it carried ('' for none valid)."""
 
     access_token: str
     body: bytes
     errcode: int
+    owner: str = ""
 
 
 class FakeWeChatAPI:
@@ -70,8 +77,13 @@ class FakeWeChatAPI:
         self._messages: list[dict[str, Any]] = []
         self._send_attempts: list[SendAttempt] = []
         self._issued: list[str] = []
-        self._stable: str | None = None
-        self._stable_revoked = False
+        # Official accounts: AppID → AppSecret; WeCom apps: (CorpID, Secret) → AgentId.
+        self._secrets: dict[str, str] = {appid: secret}
+        self._wecom_apps: dict[tuple[str, str], int] = {}
+        self._owners: dict[str, str] = {}
+        # Per owner: the token stable_token (or gettoken) hands out, and owners whose sends refuse it.
+        self._stable: dict[str, str] = {}
+        self._stable_revoked: set[str] = set()
         self._forced_refreshes = 0
         # What getcallbackip lists: loopback, where the tests' WeChat calls from.
         self._callback_ips: list[str] = ["127.0.0.1"]
@@ -123,13 +135,24 @@ class FakeWeChatAPI:
         with self._changed:
             return self._forced_refreshes
 
-    def revoke_stable_token(self) -> None:
+    def add_official(self, appid: str, secret: str) -> None:
+        """Another official account whose tokens this API hands out."""
+        with self._changed:
+            self._secrets[appid] = secret
+
+    def add_wecom_app(self, corpid: str, secret: str, agentid: int) -> None:
+        """A WeCom self-built app: gettoken with its CorpID and Secret, message/send with its AgentId."""
+        with self._changed:
+            self._wecom_apps[(corpid, secret)] = agentid
+
+    def revoke_stable_token(self, appid: str | None = None) -> None:
         """Sends refuse the current stable token (40001), yet stable_token keeps handing it out
         until a forced refresh: the case WeChat's force_refresh is for."""
+        owner = appid or self.appid
         with self._changed:
-            self._stable_revoked = True
-            if self._stable is not None:
-                self._valid_tokens.discard(self._stable)
+            self._stable_revoked.add(owner)
+            if owner in self._stable:
+                self._valid_tokens.discard(self._stable[owner])
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -163,6 +186,12 @@ class FakeWeChatAPI:
     def sends_to(self, user: str) -> list[dict[str, Any]]:
         """The accepted payloads addressed to one OpenID, in arrival order."""
         return [message for message in self.messages if message.get("touser") == user]
+
+    def sends_by(self, owner: str) -> list[dict[str, Any]]:
+        """The accepted payloads sent with the tokens of one owner (an AppID, or `corpid:agentid`)."""
+        with self._changed:
+            attempts = [attempt for attempt in self._send_attempts if attempt.owner == owner and not attempt.errcode]
+        return [json.loads(attempt.body) for attempt in attempts]
 
     @property
     def token_requests_waiting(self) -> int:
@@ -220,24 +249,39 @@ class FakeWeChatAPI:
                 self._tokens_waiting -= 1
                 self._changed.notify_all()
 
-    def _mint(self) -> str:
-        """A new valid token (the caller holds the lock)."""
+    def _mint(self, owner: str) -> str:
+        """A new valid token of `owner` (the caller holds the lock)."""
         token = f"fake_access_token_{secrets.token_hex(16)}"
         self._valid_tokens.add(token)
         self._issued.append(token)
+        self._owners[token] = owner
         return token
+
+    def _stable_of(self, owner: str, force: bool) -> str:
+        """The token still valid of `owner`, a new one when forced or when none is (the caller holds the lock)."""
+        current = self._stable.get(owner)
+        if force:
+            self._forced_refreshes += 1
+            if current is not None:
+                self._valid_tokens.discard(current)
+            self._stable_revoked.discard(owner)
+        elif current is not None and (current in self._valid_tokens or owner in self._stable_revoked):
+            return current
+        self._stable[owner] = self._mint(owner)
+        return self._stable[owner]
 
     def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
         self._wait_while_held()
         if query.get("grant_type") != "client_credential":
             return _error(40002)
-        if query.get("appid") != self.appid:
+        appid = query.get("appid", "")
+        if appid not in self._secrets:
             return _error(40013)
-        if query.get("secret") != self.secret:
+        if query.get("secret") != self._secrets[appid]:
             return _error(40001)
         with self._changed:
             self._token_requests += 1
-            token = self._mint()
+            token = self._mint(appid)
             self._changed.notify_all()
         return {"access_token": token, "expires_in": self.expires_in}
 
@@ -249,21 +293,31 @@ class FakeWeChatAPI:
             return _error(47001)
         if not isinstance(request, dict) or request.get("grant_type") != "client_credential":
             return _error(40002)
-        if request.get("appid") != self.appid:
+        appid = request.get("appid")
+        if appid not in self._secrets:
             return _error(40013)
-        if request.get("secret") != self.secret:
+        if request.get("secret") != self._secrets[appid]:
             return _error(40125)
         with self._changed:
             self._token_requests += 1
-            if request.get("force_refresh"):
-                self._forced_refreshes += 1
-                if self._stable is not None:
-                    self._valid_tokens.discard(self._stable)
-                self._stable, self._stable_revoked = self._mint(), False
-            elif self._stable is None or (self._stable not in self._valid_tokens and not self._stable_revoked):
-                self._stable = self._mint()
+            token = self._stable_of(appid, force=bool(request.get("force_refresh")))
             self._changed.notify_all()
-            return {"access_token": self._stable, "expires_in": self.expires_in}
+            return {"access_token": token, "expires_in": self.expires_in}
+
+    def wecom_token(self, query: dict[str, str]) -> dict[str, Any]:
+        """WeCom's gettoken: the app's token still valid, or a new one."""
+        self._wait_while_held()
+        corpid = query.get("corpid", "")
+        if not any(corp == corpid for corp, _ in self._wecom_apps):
+            return _error(40013)
+        agentid = self._wecom_apps.get((corpid, query.get("corpsecret", "")))
+        if agentid is None:
+            return _error(40001)
+        with self._changed:
+            self._token_requests += 1
+            token = self._stable_of(f"{corpid}:{agentid}", force=False)
+            self._changed.notify_all()
+            return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": self.expires_in}
 
     def callback_ips(self, query: dict[str, str]) -> dict[str, Any]:
         with self._changed:
@@ -278,13 +332,14 @@ class FakeWeChatAPI:
         """The answer to a send; None: drop the connection unanswered."""
         token = query.get("access_token", "")
         with self._changed:
+            owner = self._owners.get(token, "") if token in self._valid_tokens else ""
             if self._drops:
                 self._drops -= 1
-                self._send_attempts.append(SendAttempt(token, body, DROPPED))
+                self._send_attempts.append(SendAttempt(token, body, DROPPED, owner))
                 self._changed.notify_all()
                 return None
             errcode, payload = self._judge_send(token, body)
-            self._send_attempts.append(SendAttempt(token, body, errcode))
+            self._send_attempts.append(SendAttempt(token, body, errcode, owner))
             if errcode == 0:
                 self._messages.append(payload)
             self._changed.notify_all()
@@ -296,7 +351,8 @@ class FakeWeChatAPI:
         if token in self._expired_tokens:
             return 42001
         if token not in self._valid_tokens:
-            return 40001
+            # WeCom says 40014 for a token it does not know.
+            return 40014 if ":" in self._owners.get(token, "") else 40001
         return 0
 
     def _judge_send(self, token: str, body: bytes) -> tuple[int, Any]:
@@ -309,6 +365,10 @@ class FakeWeChatAPI:
             payload = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return 47001, None
+        owner = self._owners.get(token, "")
+        if ":" in owner:  # a WeCom app's token: the send names the app
+            if not isinstance(payload, dict) or str(payload.get("agentid")) != owner.partition(":")[2]:
+                return 40056, None
         if self._failures:
             return self._failures.popleft(), None
         return 0, payload
@@ -333,6 +393,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._target()
         if path == "/cgi-bin/token":
             self._answer(self.server.api.issue_token(query))
+        elif path == "/cgi-bin/gettoken":
+            self._answer(self.server.api.wecom_token(query))
         elif path == "/cgi-bin/getcallbackip":
             self._answer(self.server.api.callback_ips(query))
         else:
@@ -343,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if path == "/cgi-bin/stable_token":
             self._answer(self.server.api.stable_token(body))
-        elif path == "/cgi-bin/message/custom/send":
+        elif path in ("/cgi-bin/message/custom/send", "/cgi-bin/message/send"):
             answer = self.server.api.custom_send(query, body)
             if answer is None:
                 self.close_connection = True

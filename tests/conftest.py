@@ -51,6 +51,7 @@ def stack_env(redis_server: RedisServer, wechat_api: FakeWeChatAPI, log_dir: Pat
         "WECHAT_AES_KEY": AES_KEY,
         "WECHAT_APPSECRET": SECRET,
         "WECHAT_API_BASE": wechat_api.base_url,
+        "WECOM_API_BASE": wechat_api.base_url,
         "WXRELAY_REDIS_URL": redis_server.url,
         "WXRELAY_BOT": "tests/bots/counting_bot.py:bot",
         "WXRELAY_WECHAT_TIMEOUT": str(WECHAT_TIMEOUT),

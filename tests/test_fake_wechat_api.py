@@ -212,3 +212,44 @@ def test_a_revoked_stable_token_comes_back_until_a_forced_refresh(api: FakeWeCha
     assert send(api, token, text_payload("hi"))["errcode"] == 40001
     assert stable(api)["access_token"] == token
     assert stable(api, force=True)["access_token"] != token
+
+
+def test_several_official_accounts_each_get_their_own_token_and_sends_know_whose(api: FakeWeChatAPI) -> None:
+    api.add_official("wx_other", "other_secret")
+    url = f"{api.base_url}/cgi-bin/stable_token"
+    request = {"grant_type": "client_credential", "appid": "wx_other", "secret": "other_secret"}
+    other = httpx.post(url, json=request, trust_env=False).json()["access_token"]
+    ours = fetch_token(api)["access_token"]
+    assert other != ours
+    assert httpx.post(url, json={**request, "secret": SECRET}, trust_env=False).json()["errcode"] == 40125
+    assert send(api, other, text_payload("from the other"))["errcode"] == 0
+    assert send(api, ours, text_payload("from ours"))["errcode"] == 0
+    assert [m["text"]["content"] for m in api.sends_by("wx_other")] == ["from the other"]
+    assert [m["text"]["content"] for m in api.sends_by(APPID)] == ["from ours"]
+
+
+def test_a_wecom_app_gets_one_token_from_gettoken_and_sends_with_its_agentid(api: FakeWeChatAPI) -> None:
+    api.add_wecom_app("ww_corp", "app_secret", 1000002)
+
+    def gettoken(corpid: str, secret: str) -> dict:
+        query = {"corpid": corpid, "corpsecret": secret}
+        return httpx.get(f"{api.base_url}/cgi-bin/gettoken", params=query, trust_env=False).json()
+
+    first, again = gettoken("ww_corp", "app_secret"), gettoken("ww_corp", "app_secret")
+    assert first["errcode"] == 0 and first["access_token"] == again["access_token"]
+    assert gettoken("ww_nobody", "app_secret")["errcode"] == 40013
+    assert gettoken("ww_corp", "wrong")["errcode"] == 40001
+
+    url = f"{api.base_url}/cgi-bin/message/send"
+    token = first["access_token"]
+
+    def wecom_send(agentid: int, access_token: str = token) -> int:
+        payload = {**text_payload("hi", user="zhangsan"), "agentid": agentid}
+        return httpx.post(url, params={"access_token": access_token}, json=payload, trust_env=False).json()["errcode"]
+
+    assert wecom_send(1000003) == 40056
+    assert wecom_send(1000002) == 0
+    assert wecom_send(1000002, "not_a_token") == 40001
+    api.expire_tokens()
+    assert wecom_send(1000002) == 42001
+    assert api.sends_by("ww_corp:1000002") == [{**text_payload("hi", user="zhangsan"), "agentid": 1000002}]

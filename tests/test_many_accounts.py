@@ -105,6 +105,39 @@ def test_each_account_is_answered_by_its_own_bot_with_its_own_keys(stack, redis_
     assert relay.metric("wxrelay_rejected_total", account="blog", reason="signature") == 1
 
 
+def test_late_replies_go_out_with_each_accounts_own_token_or_not_at_all(stack, wechat_api, redis_server):
+    wechat_api.add_official(SHOP["appid"], "shop-secret-1")
+    wechat_api.add_official(BLOG["appid"], "blog-secret-1")
+    quiet = {"token": "quiettoken1", "appid": "wxquiet000000001", "secret": "quiet-secret-1"}
+    wechat_api.add_official(quiet["appid"], quiet["secret"])
+    stack.env["BLOG_SECRET"] = "blog-secret-1"  # the file names it: ${BLOG_SECRET}
+    relay = stack.start(
+        account("shop", "shop", {**SHOP, "secret": "shop-secret-1"})
+        + account("blog", "blog", {**BLOG, "secret": "${BLOG_SECRET}"})
+        + account("quiet", "blog", quiet)
+        + "late_replies = false\n"
+    )
+    seconds = 3 * WECHAT_TIMEOUT + 0.3  # past every delivery
+    users = {name: f"o_late_{name}_{msg_id()}" for name in ("shop", "blog", "quiet")}
+    keys = {"shop": SHOP, "blog": BLOG, "quiet": quiet}
+    ids = {name: msg_id() for name in users}
+
+    def say(name: str):
+        return simulator(relay, name, keys[name]).say(f"slow {seconds}", user=users[name], MsgId=ids[name])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(say, users))
+    assert all(result.answered and result.reply is None for result in results)  # `success`, then late
+    wechat_api.wait_for(lambda api: api.sends_to(users["shop"]) and api.sends_to(users["blog"]), timeout=15)
+    shop_sends = [m for m in wechat_api.sends_by(SHOP["appid"]) if m["touser"] == users["shop"]]
+    assert [m["text"]["content"] for m in shop_sends] == [f"shop bot: slow {seconds}"]
+    assert [m["touser"] for m in wechat_api.sends_by(BLOG["appid"])] == [users["blog"]]
+    # The account without late replies: its reply ended with WeChat's window; nothing is owed to the API.
+    quiet_record = f"wxrelay:msg:quiet/msg:{ids['quiet']}"
+    wait_until(lambda: redis_server.client().hget(quiet_record, "state") == b"silent", 5, "the quiet reply settled")
+    assert wechat_api.sends_to(users["quiet"]) == [] and wechat_api.sends_by(quiet["appid"]) == []
+
+
 def test_an_account_saturating_its_bot_leaves_the_others_answered_passively(stack, redis_server, stack_env):
     """A's bot blocks every handler slot it can get, for up to 30 s; B still answers in time."""
     relay = stack.start(account("slow", "sleepy") + account("quick", "shop"))

@@ -15,19 +15,21 @@ from wechat.crypto import MessageCrypto, decode_aes_key, encrypt
 from wechat.parser import parse_xml
 from wechat.signature import make_signature
 
-TOKEN, AES_KEY, CORPID, AGENTID = "stafftoken1", "W" * 43, "ww0000000000000001", 1000002
+TOKEN, AES_KEY, CORPID, AGENTID, SECRET = "stafftoken1", "W" * 43, "ww0000000000000001", 1000002, "staff-secret-1"
 STAFF = f"""[accounts.staff]
 kind = "wecom"
 token = "{TOKEN}"
 aes_key = "{AES_KEY}"
 corpid = "{CORPID}"
 agentid = {AGENTID}
+secret = "{SECRET}"
 bot = "tests/bots/account_bots.py:staff"
 """
 
 
 @pytest.fixture
-def staff(log_dir, stack_env, redis_server, tmp_path, worker):
+def staff(log_dir, stack_env, redis_server, tmp_path, worker, wechat_api):
+    wechat_api.add_wecom_app(CORPID, SECRET, AGENTID)
     stack = Stack(log_dir, stack_env, redis_server, tmp_path / "accounts.toml")
     relay = stack.start(STAFF)
     yield f"{relay.callback}/staff"
@@ -51,17 +53,27 @@ def test_url_verification_answers_the_decrypted_echostr(staff):
     assert httpx.get(staff, params={**plain, "echostr": echostr}).status_code == 403
 
 
-def test_an_encrypted_message_to_the_corp_is_answered_encrypted(staff):
-    inner = (
-        f"<xml><ToUserName><![CDATA[{CORPID}]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>"
+def message(content: str, user: str = "zhangsan") -> str:
+    return (
+        f"<xml><ToUserName><![CDATA[{CORPID}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName>"
         f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-        f"<Content><![CDATA[hi]]></Content><MsgId>{secrets.randbelow(10**15)}</MsgId><AgentID>{AGENTID}</AgentID></xml>"
+        f"<Content><![CDATA[{content}]]></Content><MsgId>{secrets.randbelow(10**15)}</MsgId>"
+        f"<AgentID>{AGENTID}</AgentID></xml>"
     )
+
+
+def post(url: str, inner: str) -> tuple[httpx.Response, dict[str, str]]:
+    """Delivered as WeCom does: sealed for the corp, signed with msg_signature only."""
     sealed = encrypt(decode_aes_key(AES_KEY), inner, CORPID)
     body = f"<xml><ToUserName><![CDATA[{CORPID}]]></ToUserName><AgentID>{AGENTID}</AgentID>"
     body += f"<Encrypt><![CDATA[{sealed}]]></Encrypt></xml>"
     params = signed(sealed)
-    answer = httpx.post(staff, params=params, content=body, timeout=WECHAT_TIMEOUT + 1)
+    return httpx.post(url, params=params, content=body, timeout=WECHAT_TIMEOUT + 1), params
+
+
+def test_an_encrypted_message_to_the_corp_is_answered_encrypted(staff):
+    inner = message("hi")
+    answer, params = post(staff, inner)
     assert answer.status_code == 200
     envelope = parse_xml(answer.content)
     crypto = MessageCrypto(TOKEN, AES_KEY, CORPID)
@@ -76,3 +88,20 @@ def test_an_encrypted_message_to_the_corp_is_answered_encrypted(staff):
     foreign = encrypt(decode_aes_key(AES_KEY), inner, "ww_another_corp")
     body = f"<xml><ToUserName>x</ToUserName><Encrypt><![CDATA[{foreign}]]></Encrypt></xml>"
     assert httpx.post(staff, params=signed(foreign), content=body).status_code == 400
+
+
+def test_a_late_reply_goes_through_message_send_with_the_apps_agentid(staff, wechat_api):
+    seconds = 3 * WECHAT_TIMEOUT + 0.3  # past every delivery
+    user = f"lisi{secrets.randbelow(10**9)}"
+    # Held past WeCom's deadline, the delivery is answered `success` and the reply goes late.
+    answer, _ = post(staff, message(f"slow {seconds}", user))
+    assert (answer.status_code, answer.text) == (200, "success")
+    owner = f"{CORPID}:{AGENTID}"
+    wechat_api.wait_for(lambda api: any(m["touser"] == user for m in api.sends_by(owner)), timeout=15)
+    [sent] = [m for m in wechat_api.sends_by(owner) if m["touser"] == user]
+    assert sent == {
+        "touser": user,
+        "msgtype": "text",
+        "text": {"content": f"staff bot: slow {seconds}"},
+        "agentid": AGENTID,
+    }
