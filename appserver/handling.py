@@ -13,6 +13,7 @@ import redis
 from appserver import coroutines
 from appserver.bot import Bot
 from appserver.session import Session
+from common import ledger
 from common.accounts import DEFAULT
 from wechat.events import BaseEvent
 from wechat.parser import parse_message
@@ -63,7 +64,8 @@ def handle(
         answer = _render(reply, msg.source, msg.target, isinstance(msg, BaseEvent))
         session.save()
     except Exception:
-        log.exception("handler %s failed on message %s", getattr(handler, "__name__", handler), msg.dedupe_key)
+        where = ledger.message_key(account, msg.dedupe_key)
+        log.exception("handler %s failed on message %s", getattr(handler, "__name__", handler), where)
         return Answer.none()
     finally:
         session.release()

@@ -190,7 +190,7 @@ class Session(MutableMapping[str, Any]):
         try:
             lock.release()
         except LockError:
-            log.warning("msg.session of %s: its lock had expired before the handler finished", self._openid)
+            log.warning("msg.session of %s: its lock had expired before the handler finished", self._key)
         except redis.RedisError as exc:
             # Left to expire: the user's next message waits for it at most lock_ttl.
-            log.warning("msg.session of %s: could not release its lock (%s)", self._openid, exc)
+            log.warning("msg.session of %s: could not release its lock (%s)", self._key, exc)
