@@ -5,7 +5,8 @@ from the queues in turn. Turns are not enough: a handler holds its slot for
 as long as it runs, so an account whose bot blocks for 30 s under a burst
 would fill every slot, and the next account's messages, however quick,
 would wait behind it. So each account is guaranteed a share of the slots
-(half the slots, split among the accounts), and may borrow beyond it only
+(half the slots, split among the accounts; none when there are more accounts
+than half the slots, where only the turns remain), and may borrow beyond it only
 what leaves every other account's guarantee free: a worker takes a message
 of an account from its queue only while, that message started, the slots
 still free cover what the others are guaranteed and do not use. Alone, an
@@ -29,9 +30,10 @@ from kombu.transport import redis as kombu_redis
 
 def admissible(queues: Sequence[str], held: Counter[str], slots: int) -> list[str]:
     """The queues a worker may take one more message from, given what it holds of each."""
-    if len(queues) < 2 or not slots:
+    guaranteed = slots // (2 * len(queues))
+    if len(queues) < 2 or not guaranteed:
+        # More accounts than half the slots: no share to guarantee, kombu's turns alone.
         return list(queues)
-    guaranteed = max(1, slots // (2 * len(queues)))
     unused = {queue: max(0, guaranteed - held[queue]) for queue in queues}
     total = sum(held[queue] for queue in queues)
     reserved = sum(unused.values())

@@ -148,8 +148,9 @@ def test_an_account_saturating_its_bot_leaves_the_others_answered_passively(stac
     burst = ThreadPoolExecutor(max_workers=3 * slots)
     for n in range(3 * slots):
         burst.submit(slow.say, f"burst {n}")
-    # A takes what it may: every slot but the quarter kept for the worker's other account.
-    cap = slots - slots // 4
+    # A takes what it may: every slot but the shares kept for the worker's other accounts (quick, default).
+    queues = 3
+    cap = slots - (queues - 1) * (slots // (2 * queues))
     wait_until(lambda: int(client.get("test:accounts:sleepy_started") or 0) >= cap, 10, "A's handlers to fill")
 
     quick = WeChatSimulator(f"{relay.callback}/quick", "quicktoken1", deadline=WECHAT_TIMEOUT)
