@@ -43,6 +43,10 @@ class Relay:
                 shard.start()
         return shard
 
+    def shards_in_use(self) -> list[Shard]:
+        """The Redis servers the accounts use now (WXRELAY_REDIS_URL's only if one does)."""
+        return list({id(route.shard): route.shard for route in self.routes.values()}.values())
+
     def route_of(self, ledger_key: str) -> Route | None:
         return self.routes.get(ledger.account_of(ledger_key))
 

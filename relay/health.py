@@ -41,7 +41,7 @@ class HealthzHandler(RelayHandler):
         self.brief = brief
 
     async def get(self) -> None:
-        redises = await asyncio.gather(*(self.check(shard) for shard in self.relay.shards.values()))
+        redises = await asyncio.gather(*(self.check(shard) for shard in self.relay.shards_in_use()))
         several = len(redises) > 1
         report: dict[str, object] = {
             "redis": all(found["redis"] for found, _ in redises),

@@ -197,6 +197,23 @@ def test_accounts_on_two_redis_servers_through_one_relay(stack, log_dir, redis_s
         second.stop()
 
 
+def test_health_asks_only_the_redis_servers_accounts_use(log_dir, stack_env, tmp_path):
+    """WXRELAY_REDIS_URL's server, with no worker and no account on it, is no problem."""
+    unused, own = RedisServer(log_dir, password="unusedpass"), RedisServer(log_dir, password="ownpass")
+    stack = Stack(log_dir, {**stack_env, "WXRELAY_REDIS_URL": unused.url}, own, tmp_path / "accounts.toml")
+    try:
+        stack.env.pop("WECHAT_TOKEN")
+        stack.path.write_text(account("own", "blog", {"token": "owntoken1", "redis_url": own.url}))
+        stack.worker(WXRELAY_WORKER_ACCOUNTS="own")
+        relay = stack.relay()
+        health = httpx.get(f"{relay.url}/healthz").json()
+        assert (health["status"], health["workers"]) == ("ok", 1), health
+    finally:
+        stack.stop()
+        own.stop()
+        unused.stop()
+
+
 def test_an_account_added_by_a_reload_while_a_delivery_is_held(stack, redis_server):
     relay = stack.start(account("shop", "shop"))
     shop = WeChatSimulator(f"{relay.callback}/shop", "shoptoken1", deadline=WECHAT_TIMEOUT)
