@@ -13,7 +13,7 @@ include $(wildcard mk/*.mk)
 
 help:
 	@echo "make run      start the whole appliance locally (nginx, relays, workers, Redis)"
-	@echo "make say      talk to it as WeChat would: make say TEXT=hello [MODE=plain|compat|safe]"
+	@echo "make say      talk to it as WeChat would: make say TEXT=hello [ACCOUNT=name] [MODE=plain|compat|safe]"
 	@echo "make status   the state of every process and of the chain"
 	@echo "make logs     follow the logs"
 	@echo "make stop     stop everything make run started"

@@ -28,7 +28,7 @@ reload: $(APPLIANCE_VENV)
 logs: $(APPLIANCE_VENV)
 	@$(PY) -m appliance logs
 
-# make say TEXT=hello [MODE=plain|compat|safe] [ACCOUNT=name] | make say EVENT=subscribe | make say EVENT=CLICK KEY=V1001
+# make say TEXT=hello [ACCOUNT=name] [MODE=plain|compat|safe|wecom] | make say EVENT=subscribe | make say EVENT=CLICK KEY=V1001
 say: $(APPLIANCE_VENV)
 	@$(PY) -m simulator \
 		$(if $(ACCOUNT),--account $(call shell_quote,$(value ACCOUNT))) \

@@ -12,7 +12,7 @@ import sys
 from common import accounts
 from common.accounts import DEFAULT, Account
 from common.settings import Settings
-from simulator.client import MODES, DeliveryResult, ReplyVerificationError, WeChatSimulator
+from simulator.client import MODES, WECOM, DeliveryResult, ReplyVerificationError, WeChatSimulator
 from simulator.messages import DEFAULT_USER, event_message, text_message
 from wechat.exceptions import InvalidConfigError
 
@@ -24,7 +24,11 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__.splitlines()[0])
     parser.add_argument("--account", default=DEFAULT, help="the account to write to (its URL and keys)")
     parser.add_argument("--url", help="the callback URL (default: the local appliance's, for the account)")
-    parser.add_argument("--mode", choices=MODES, help="default: safe for an account with an EncodingAESKey")
+    parser.add_argument(
+        "--mode",
+        choices=(*MODES, WECOM),
+        help="default: wecom for a WeCom app, else safe for an account with an EncodingAESKey",
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--text", help='a text message (the default: "hello")')
     what.add_argument("--event", help="an event: subscribe, unsubscribe, CLICK, SCAN, LOCATION, VIEW, …")
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             mode=args.mode,
             deadline=args.deadline,
             deliveries=args.deliveries,
+            corpid=account.appid if account.kind == accounts.WECOM else "",
+            agentid=account.agentid,
         )
         if args.event is not None:
             message = event_message(args.event, args.key, user=args.user, account=simulator.account)
@@ -80,6 +86,8 @@ def _account(settings: Settings, name: str) -> Account:
 
 
 def _default_mode(account: Account) -> str:
+    if account.kind == accounts.WECOM:
+        return WECOM
     return "safe" if account.aes_key else "plain"
 
 

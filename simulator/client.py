@@ -5,6 +5,10 @@ anything but HTTP 200 is followed by the identical request, up to
 `deliveries` in all. A 200 reply is checked the way WeChat reads it: in the
 encrypted modes it must be a signed envelope, except `success` or an empty
 body, which need no encryption in any mode.
+
+Mode "wecom" plays a WeCom (企业微信) self-built app's callbacks instead:
+always encrypted with the CorpID as ReceiveId, signed by msg_signature alone,
+the AgentID in the body, and URL verification with an encrypted echostr.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from wechat.parser import parse_xml
 from wechat.replies import cdata
 from wechat.signature import make_signature, validate_token
 
+# An official account's modes (the CLI's); WECOM is the other mode the simulator plays.
 MODES = ("plain", "compat", "safe")
+WECOM = "wecom"
 NO_PASSIVE_REPLY = (b"", b"success")
 
 # An inbound message: ready XML, or fields for `simulator.messages.to_xml`.
@@ -76,9 +82,25 @@ class DeliveryResult:
         return self.reply.get("Content")
 
 
+@dataclass(frozen=True)
+class Verification:
+    """How the callback answered a URL verification: `expected` is the one body that passes."""
+
+    outcome: Outcome
+    body: bytes
+    expected: str
+
+    @property
+    def ok(self) -> bool:
+        # Byte for byte: WeChat accepts no quotes, BOM or newline around it.
+        return self.outcome == 200 and self.body == self.expected.encode("utf-8")
+
+
 class WeChatSimulator:
     """Plays WeChat's server against one callback URL.
 
+    In WeCom mode, `corpid` and `agentid` name the app (messages go to the
+    CorpID, whatever `account` says) and `appid` is unused.
     Holds no per-request state, so one instance can be used from many threads.
     """
 
@@ -92,33 +114,48 @@ class WeChatSimulator:
         deadline: float = 5.0,
         deliveries: int = 3,
         account: str = DEFAULT_ACCOUNT,
+        corpid: str = "",
+        agentid: int | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise InvalidConfigError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode not in (*MODES, WECOM):
+            raise InvalidConfigError(f"mode must be one of {', '.join((*MODES, WECOM))}, not {mode!r}")
         if deadline <= 0 or deliveries < 1:
             raise InvalidConfigError("deadline must be positive and deliveries at least 1")
         self.token = validate_token(token)
         self.crypto: MessageCrypto | None = None
-        if mode != "plain":
+        if mode == WECOM:
+            if not aes_key or not corpid or agentid is None:
+                raise InvalidConfigError("wecom mode needs a CorpID, an AgentID and an EncodingAESKey")
+            self.crypto = MessageCrypto(token, aes_key, corpid)
+            account = corpid
+        elif mode != "plain":
             if not aes_key or not appid:
                 raise InvalidConfigError(f"{mode} mode needs an appid and an EncodingAESKey")
             self.crypto = MessageCrypto(token, aes_key, appid)
         self.url = url
         self.appid = appid
+        self.corpid = corpid
+        self.agentid = agentid
         self.mode = mode
         self.deadline = deadline
         self.deliveries = deliveries
         self.account = account
 
     def say(self, text: str, user: str = DEFAULT_USER, **fields: FieldValue) -> DeliveryResult:
-        """Deliver a text message from `user`."""
-        return self.send(text_message(text, user=user, account=self.account, **fields))
+        """Deliver a text message from `user` (in WeCom mode, a member's UserID)."""
+        return self.send(text_message(text, user=user, account=self.account, **self._agent(fields)))
 
     def event(
         self, name: str, key: str | None = None, user: str = DEFAULT_USER, **fields: FieldValue
     ) -> DeliveryResult:
         """Deliver an event from `user` (see `simulator.messages.event_message`)."""
-        return self.send(event_message(name, key, user=user, account=self.account, **fields))
+        return self.send(event_message(name, key, user=user, account=self.account, **self._agent(fields)))
+
+    def _agent(self, fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
+        """WeCom's messages end with the app's AgentID."""
+        if self.agentid is None or self.mode != WECOM:
+            return fields
+        return {"AgentID": self.agentid, **fields}
 
     def send(self, message: Message) -> DeliveryResult:
         """Deliver a message with WeChat's deadline and retries."""
@@ -130,14 +167,23 @@ class WeChatSimulator:
         """The query parameters and body WeChat would POST for `message`."""
         xml = _as_xml(message)
         fields = parse_xml(xml)
-        timestamp = timestamp or str(int(time.time()))
-        nonce = nonce or str(secrets.randbelow(9 * 10**9) + 10**9)
+        timestamp = timestamp or _timestamp()
+        nonce = nonce or _nonce()
+        if self.crypto is not None and self.mode == WECOM:
+            encrypted = encrypt(self.crypto.key, xml, self.crypto.appid)
+            envelope = {
+                "ToUserName": fields.get("ToUserName", self.corpid),
+                "AgentID": fields.get("AgentID", str(self.agentid)),
+                "Encrypt": encrypted,
+            }
+            signature = make_signature(self.token, timestamp, nonce, encrypted)
+            return {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce}, to_xml(envelope).encode()
         params = {"signature": make_signature(self.token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce}
         if "FromUserName" in fields:
             params["openid"] = fields["FromUserName"]
         if self.crypto is None:
             return params, xml.encode("utf-8")
-        encrypted = encrypt(self.crypto.key, xml, self.appid)
+        encrypted = encrypt(self.crypto.key, xml, self.crypto.appid)
         params["encrypt_type"] = "aes"
         params["msg_signature"] = make_signature(self.token, timestamp, nonce, encrypted)
         if self.mode == "safe":
@@ -146,13 +192,40 @@ class WeChatSimulator:
             body = _with_encrypt(xml, encrypted)
         return params, body.encode("utf-8")
 
+    def build_verification(
+        self, echo: str | None = None, *, timestamp: str | None = None, nonce: str | None = None
+    ) -> tuple[dict[str, str], str]:
+        """The query of the GET that verifies the callback URL, and the body that passes it.
+
+        WeCom encrypts the echostr and signs it as msg_signature; an official
+        account sends it in the clear beside a plain signature, in every mode.
+        """
+        echo = echo or str(secrets.randbelow(9 * 10**18) + 10**18)
+        timestamp = timestamp or _timestamp()
+        nonce = nonce or _nonce()
+        if self.crypto is not None and self.mode == WECOM:
+            echostr = encrypt(self.crypto.key, echo, self.crypto.appid)
+            signature = make_signature(self.token, timestamp, nonce, echostr)
+            return {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce, "echostr": echostr}, echo
+        signature = make_signature(self.token, timestamp, nonce)
+        return {"signature": signature, "timestamp": timestamp, "nonce": nonce, "echostr": echo}, echo
+
+    def verify_url(self, params: Mapping[str, str] | None = None, expected: str | None = None) -> Verification:
+        """GET the callback URL once, as the console's "save" does; a fresh `build_verification()` by default."""
+        if params is None:
+            params, expected = self.build_verification()
+        elif expected is None:
+            raise ValueError("given params need the expected answer")
+        outcome, body = self._request("GET", params, b"")
+        return Verification(outcome, body, expected)
+
     def deliver(self, params: Mapping[str, str], body: bytes) -> DeliveryResult:
         """POST an exact request (perhaps tampered with) with WeChat's deadline and retries."""
         attempts: list[Attempt] = []
         started = time.monotonic()
         for delivery in range(1, self.deliveries + 1):
             sent = time.monotonic()
-            outcome, answer = self._post(params, body)
+            outcome, answer = self._request("POST", params, body)
             seconds = time.monotonic() - sent
             # httpx times each phase; WeChat's deadline is for the whole exchange.
             if seconds > self.deadline:
@@ -163,15 +236,16 @@ class WeChatSimulator:
                 return DeliveryResult(True, delivery, time.monotonic() - started, attempts, answer, reply, decrypted)
         return DeliveryResult(False, None, time.monotonic() - started, attempts, b"", None, False)
 
-    def _post(self, params: Mapping[str, str], body: bytes) -> tuple[Outcome, bytes]:
+    def _request(self, method: str, params: Mapping[str, str], body: bytes) -> tuple[Outcome, bytes]:
         try:
             # A client per request keeps the simulator thread-safe; trust_env=False
             # because WeChat does not go through this machine's proxies.
-            response = httpx.post(
+            response = httpx.request(
+                method,
                 self.url,
                 params=params,
                 content=body,
-                headers={"Content-Type": "text/xml"},
+                headers={"Content-Type": "text/xml"} if method == "POST" else {},
                 timeout=self.deadline,
                 trust_env=False,
                 verify=_TLS,
@@ -202,6 +276,14 @@ class WeChatSimulator:
         except DecryptError as exc:
             raise ReplyVerificationError(f"reply Encrypt does not decrypt: {exc}") from None
         return _parse_reply(plaintext), True
+
+
+def _timestamp() -> str:
+    return str(int(time.time()))
+
+
+def _nonce() -> str:
+    return str(secrets.randbelow(9 * 10**9) + 10**9)
 
 
 def _as_xml(message: Message) -> str:

@@ -183,18 +183,26 @@ def test_run_again_is_idempotent_and_supervisor_restarts_a_killed_relay(applianc
 def test_an_account_added_by_make_reload_is_answered_and_listed(appliance: Appliance) -> None:
     appliance.ok("make run")
     accounts = appliance.env_file.parent / "accounts.toml"
-    accounts.write_text('[accounts.blog]\ntoken = "blogToken1"\nbot = "appserver.example_bot:bot"\n')
+    accounts.write_text(
+        '[accounts.blog]\ntoken = "blogToken1"\nbot = "appserver.example_bot:bot"\n'
+        '[accounts.staff]\nkind = "wecom"\ntoken = "staffToken1"\naes_key = "' + "W" * 43 + '"\n'
+        'corpid = "ww0000000000000001"\nagentid = 1000002\nsecret = "staff-secret"\nbot = "appserver.example_bot:bot"\n'
+    )
     with appliance.env_file.open("a") as env_file:
         env_file.write(f"WXRELAY_ACCOUNTS_FILE={accounts}\n")
     relays = {name: pid for name, pid in appliance.program_pids().items() if name.startswith("wxrelay-relay:")}
 
     output = appliance.ok("make reload")
-    assert "2 relays re-read the accounts: default, blog" in output, output
+    assert "2 relays re-read the accounts: default, blog, staff" in output, output
     assert f"http://127.0.0.1:{appliance.http_port}/wechat/blog" in output and "blogToken1" in output
     # The relays were not restarted: whatever they held open is still theirs to answer.
     assert {name: appliance.program_pids()[name] for name in relays} == relays
     said = appliance.ok("make say ACCOUNT=blog TEXT=hello")
     assert "/wechat/blog (plain mode" in said and f"text: {REPLY}" in said, said
+    # A WeCom app is talked to as WeCom does: encrypted for the CorpID, msg_signature alone.
+    said = appliance.ok("make say ACCOUNT=staff TEXT=hello")
+    assert "/wechat/staff (wecom mode" in said and "reply verified and decrypted" in said, said
+    assert f"text: {REPLY}" in said, said
     status = appliance.ok("make status")
     assert re.search(r"^  blog\s+official\s+/wechat/blog\s+plain$", status, re.M), status
     assert "no account 'nope'" in appliance.run("make say ACCOUNT=nope").stderr

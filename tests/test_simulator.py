@@ -15,8 +15,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from wechatpy.enterprise.crypto import WeChatCrypto
 
-from simulator import ReplyVerificationError, WeChatSimulator, event_message, text_message, to_xml
+from simulator import WECOM, ReplyVerificationError, WeChatSimulator, event_message, text_message, to_xml
 from simulator.__main__ import main
 from wechat.crypto import MessageCrypto
 from wechat.exceptions import InvalidConfigError
@@ -27,12 +28,18 @@ TOKEN = "simtoken"
 APPID = "wx2c2769f8efd9abc2"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 CRYPTO = MessageCrypto(TOKEN, AES_KEY, APPID)
+CORPID = "ww5823bf96d3bd56c7"
+AGENTID = 1000002
+WECOM_CRYPTO = MessageCrypto(TOKEN, AES_KEY, CORPID)
+# An independent implementation, so that the simulator's WeCom requests are not checked only against our crypto.
+WECHATPY = WeChatCrypto(TOKEN, AES_KEY, CORPID)
 
 
 @dataclass(frozen=True)
 class Request:
     query: dict[str, str]
     body: bytes
+    method: str = "POST"
 
 
 # Given the request, return (status, body); None never answers.
@@ -63,6 +70,15 @@ def callback() -> Iterator[CallbackServer]:
                 server_state.release.wait()
                 return
             status, body = answer
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            request = Request(dict(parse_qsl(urlsplit(self.path).query)), b"", "GET")
+            server_state.requests.append(request)
+            status, body = server_state.respond(request) or (500, b"")
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -321,3 +337,121 @@ def test_cli_refuses_a_bad_configuration_in_one_line(
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and err.startswith("error: ")
+
+
+def wecom(url: str = "http://127.0.0.1:9/wechat") -> WeChatSimulator:
+    return WeChatSimulator(url, TOKEN, aes_key=AES_KEY, mode=WECOM, corpid=CORPID, agentid=AGENTID)
+
+
+def wecom_inbound(request: Request) -> dict:
+    """The message in a WeCom request, decrypted by wechatpy."""
+    query = request.query
+    return parse_xml(WECHATPY.decrypt_message(request.body, query["msg_signature"], query["timestamp"], query["nonce"]))
+
+
+def wecom_echo(request: Request) -> tuple[int, bytes]:
+    message = wecom_inbound(request)
+    reply = to_xml(
+        {
+            "ToUserName": message["FromUserName"],
+            "FromUserName": message["ToUserName"],
+            "CreateTime": 1700000000,
+            "MsgType": "text",
+            "Content": f"you said: {message['Content']}",
+        }
+    )
+    return 200, WECHATPY.encrypt_message(reply, request.query["nonce"]).encode()
+
+
+def test_wecom_request_is_signed_by_msg_signature_alone_and_names_the_app(callback: CallbackServer) -> None:
+    wecom(callback.url).say("你好", user="zhangsan")
+
+    (request,) = callback.requests
+    assert set(request.query) == {"msg_signature", "timestamp", "nonce"}
+    envelope = parse_xml(request.body)
+    assert list(envelope) == ["ToUserName", "AgentID", "Encrypt"]
+    assert envelope["ToUserName"] == CORPID and envelope["AgentID"] == str(AGENTID)
+    message = wecom_inbound(request)
+    assert list(message) == ["ToUserName", "FromUserName", "CreateTime", "MsgType", "Content", "MsgId", "AgentID"]
+    assert message["ToUserName"] == CORPID and message["FromUserName"] == "zhangsan"
+    assert message["Content"] == "你好" and message["AgentID"] == str(AGENTID)
+    query = request.query
+    xml, _ = WECOM_CRYPTO.decrypt_message(
+        envelope["Encrypt"], query["msg_signature"], query["timestamp"], query["nonce"]
+    )
+    assert parse_xml(xml) == message
+
+
+def test_wecom_build_request_keeps_a_given_message_as_it_is() -> None:
+    message = event_message("click", "menu_help", user="zhangsan", account=CORPID, AgentID=AGENTID)
+
+    query, body = wecom().build_request(message, timestamp="1714112445", nonce="415670741")
+
+    assert query["timestamp"] == "1714112445" and query["nonce"] == "415670741"
+    assert WECHATPY.decrypt_message(body, query["msg_signature"], "1714112445", "415670741") == to_xml(message)
+
+
+def test_wecom_reply_envelope_is_verified_and_decrypted(callback: CallbackServer) -> None:
+    callback.respond = wecom_echo
+
+    result = wecom(callback.url).say("hello", user="zhangsan")
+
+    assert result.answered and result.decrypted and result.text == "you said: hello"
+    assert result.reply is not None and result.reply["ToUserName"] == "zhangsan"
+
+
+def test_wecom_reply_for_another_corp_or_in_plaintext_is_rejected(callback: CallbackServer) -> None:
+    other = WeChatCrypto(TOKEN, AES_KEY, "wwWRONG")
+    callback.respond = lambda request: (200, other.encrypt_message("<xml></xml>", request.query["nonce"]).encode())
+    with pytest.raises(ReplyVerificationError, match="does not decrypt"):
+        wecom(callback.url).say("hello")
+
+    callback.respond = lambda request: (200, b"<xml><MsgType>text</MsgType></xml>")
+    with pytest.raises(ReplyVerificationError, match="plaintext reply"):
+        wecom(callback.url).say("hello")
+
+
+def test_wecom_verification_sends_an_encrypted_echostr() -> None:
+    params, expected = wecom().build_verification("1616140317555161061")
+
+    assert set(params) == {"msg_signature", "timestamp", "nonce", "echostr"} and expected == "1616140317555161061"
+    assert params["echostr"] != expected
+    signed = (params["msg_signature"], params["timestamp"], params["nonce"])
+    assert WECHATPY.check_signature(*signed, params["echostr"]) == expected
+    assert WECOM_CRYPTO.decrypt_echostr(params["echostr"], *signed) == expected
+
+
+def test_an_official_accounts_verification_sends_the_echostr_in_the_clear() -> None:
+    params, expected = simulator(mode="safe").build_verification()
+
+    assert params["echostr"] == expected and expected.isdigit()
+    check_signature(TOKEN, params["signature"], params["timestamp"], params["nonce"])
+
+
+def test_verify_url_passes_only_the_exact_plaintext(callback: CallbackServer) -> None:
+    def decrypted(request: Request) -> bytes:
+        query = request.query
+        echo = WECOM_CRYPTO.decrypt_echostr(
+            query["echostr"], query["msg_signature"], query["timestamp"], query["nonce"]
+        )
+        return echo.encode()
+
+    callback.respond = lambda request: (200, decrypted(request))
+    verification = wecom(callback.url).verify_url()
+    assert verification.ok and verification.body.decode() == verification.expected
+    assert callback.requests[0].method == "GET"
+
+    for wrong in (lambda request: (200, decrypted(request) + b"\n"), lambda request: (403, decrypted(request))):
+        callback.respond = wrong
+        assert not wecom(callback.url).verify_url().ok
+    callback.respond = lambda request: (200, request.query["echostr"].encode())
+    assert not wecom(callback.url).verify_url().ok
+
+
+def test_wecom_mode_needs_a_corpid_an_agentid_and_an_aes_key() -> None:
+    with pytest.raises(InvalidConfigError):
+        WeChatSimulator("http://127.0.0.1:9/wechat", TOKEN, aes_key=AES_KEY, mode=WECOM, corpid=CORPID)
+    with pytest.raises(InvalidConfigError):
+        WeChatSimulator("http://127.0.0.1:9/wechat", TOKEN, aes_key=AES_KEY, mode=WECOM, agentid=AGENTID)
+    with pytest.raises(InvalidConfigError):
+        WeChatSimulator("http://127.0.0.1:9/wechat", TOKEN, mode=WECOM, corpid=CORPID, agentid=AGENTID)
