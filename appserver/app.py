@@ -59,7 +59,8 @@ app.conf.update(
     # Handlers mostly wait on I/O (databases, APIs): threads let one process
     # keep dozens of them waiting at once, where prefork holds a process each.
     # Prefork remains for CPU-bound bots: only there can Celery kill a handler.
-    worker_pool=settings.worker_pool,
+    # Threads: Celery's, whose async handlers await on a coroutine instead (appserver/awaiting.py).
+    worker_pool="appserver.pool:TaskPool" if settings.worker_pool == "threads" else settings.worker_pool,
     worker_concurrency=settings.worker_concurrency,
     broker_transport_options={
         # Unacknowledged messages of a dead worker come back after this long;

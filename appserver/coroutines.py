@@ -1,7 +1,8 @@
 """One event loop per worker process, where async handlers run.
 
-Task threads hand coroutines to it and wait, so a process keeps many async
-handlers waiting at once on a single loop.
+A task hands its handler's coroutine to it and goes back to the pool: the
+coroutine costs no thread while it awaits (appserver/awaiting.py), so a
+process keeps as many handlers waiting as it has coroutines, on one thread.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any
 
 _lock = threading.Lock()
@@ -24,11 +26,17 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+async def _within(coroutine: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    # Cancelled on the loop itself, so the handler's `finally` and `async with` run before it ends.
+    async with asyncio.timeout(timeout):
+        return await coroutine
+
+
+def start(coroutine: Coroutine[Any, Any, Any], timeout: float) -> Future[Any]:
+    """Run on the shared loop; the future fails with TimeoutError once it has run `timeout` seconds."""
+    return asyncio.run_coroutine_threadsafe(_within(coroutine, timeout), _background_loop())
+
+
 def run(coroutine: Coroutine[Any, Any, Any], timeout: float) -> Any:
-    """Run on the shared loop; raises TimeoutError after `timeout` seconds."""
-    future = asyncio.run_coroutine_threadsafe(coroutine, _background_loop())
-    try:
-        return future.result(timeout)
-    except TimeoutError:
-        future.cancel()
-        raise
+    """Run on the shared loop and wait for it here (a thread): what code outside a task uses."""
+    return start(coroutine, timeout).result()

@@ -14,7 +14,8 @@ account may use every slot.
 
 The slots are kombu's: messages taken from the queues and not yet
 acknowledged (acknowledged when the handler ends: task_acks_late), which is
-the prefetch count. The decision is made where kombu chooses the queues of
+the prefetch count — less the async handlers awaiting on a coroutine, which
+widen the prefetch and hold no slot (appserver/awaiting.py). The decision is made where kombu chooses the queues of
 its next BRPOP; an account out of room is left out of it, and is back in
 it at the next poll after one of its handlers ends.
 """
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+
+from appserver.awaiting import awaiting
 
 
 def admissible(queues: Sequence[str], held: Counter[str], slots: int) -> list[str]:
@@ -58,7 +61,10 @@ class _FairCycle:
     def consume(self, n: int) -> list[str]:
         queues = self._cycle.consume(n)
         qos = self._channel.qos
-        allowed = set(admissible(queues, held(qos), qos.prefetch_count or 0))
+        # Awaiting handlers hold a coroutine, not a slot (appserver/awaiting.py): shares are of the slots.
+        widened = awaiting.widened()
+        slots = (qos.prefetch_count or 0) - sum(widened.values())
+        allowed = set(admissible(queues, held(qos) - widened, slots))
         return [queue for queue in queues if queue in allowed]
 
     def update(self, *args: Any) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Awaitable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +14,12 @@ import redis
 
 from appserver import coroutines
 from appserver.bot import Bot
+from appserver.routing import Handler
 from appserver.session import Session
 from common import ledger
 from common.accounts import DEFAULT
 from wechat.events import BaseEvent
+from wechat.messages import BaseMessage
 from wechat.parser import parse_message
 from wechat.replies import Reply, coerce_reply
 
@@ -34,6 +38,22 @@ class Answer:
         return cls("", None)
 
 
+@dataclass(frozen=True)
+class Awaiting:
+    """A handler that returned an awaitable: `finish` turns what it gives into the answer."""
+
+    awaitable: Awaitable[Any]
+    run: _Run
+
+    def finish(self, outcome: Future[Any]) -> Answer:
+        """The answer, once `outcome` (from `start`) is done; waits for it until then."""
+        try:
+            result = outcome.result()
+        except Exception:
+            return self.run.failed()
+        return self.run.finish(result)
+
+
 def handle(
     xml: str,
     bot: Bot,
@@ -48,7 +68,24 @@ def handle(
     `time_limit` is the task's soft limit: how long an async handler may run, and
     how long a handler waits for a session another message of its user holds.
     `hard_time_limit` is how long a session's lock lives (1.5 x `time_limit`
-    when not given, the default settings' ratio)."""
+    when not given, the default settings' ratio). An async handler is awaited
+    here, holding this thread: a task uses `begin` instead."""
+    answer = begin(xml, bot, client, session_ttl, time_limit, hard_time_limit, account)
+    if isinstance(answer, Awaiting):
+        return answer.finish(start(answer, time_limit))
+    return answer
+
+
+def begin(
+    xml: str,
+    bot: Bot,
+    client: redis.Redis,
+    session_ttl: int,
+    time_limit: float,
+    hard_time_limit: float | None = None,
+    account: str = DEFAULT,
+) -> Answer | Awaiting:
+    """`handle`, but an async handler's awaitable is returned, to be awaited wherever the caller likes."""
     msg = parse_message(xml)
     lock_ttl = hard_time_limit if hard_time_limit is not None else time_limit * 1.5
     session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit, account=account)
@@ -56,20 +93,51 @@ def handle(
     handler = bot.find_handler(msg)
     if handler is None:
         return Answer.none()
+    run = _Run(msg, handler, session, account)
     try:
         result = handler(msg)
-        if inspect.isawaitable(result):
-            result = coroutines.run(result, time_limit)  # type: ignore[arg-type]
-        reply = coerce_reply(result)
-        answer = _render(reply, msg.source, msg.target, isinstance(msg, BaseEvent))
-        session.save()
     except Exception:
-        where = ledger.message_key(account, msg.dedupe_key)
-        log.exception("handler %s failed on message %s", getattr(handler, "__name__", handler), where)
+        return run.failed()
+    if inspect.isawaitable(result):
+        return Awaiting(result, run)
+    return run.finish(result)
+
+
+async def _coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def start(awaiting: Awaiting, time_limit: float) -> Future[Any]:
+    """Run an async handler on the process's handler loop, cancelled after `time_limit` seconds."""
+    return coroutines.start(_coroutine(awaiting.awaitable), time_limit)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One handler's run on one message: what its result becomes, or its failure."""
+
+    msg: BaseMessage
+    handler: Handler
+    session: Session
+    account: str
+
+    def finish(self, result: Any) -> Answer:
+        try:
+            reply = coerce_reply(result)
+            answer = _render(reply, self.msg.source, self.msg.target, isinstance(self.msg, BaseEvent))
+            self.session.save()
+        except Exception:
+            return self.failed()
+        finally:
+            self.session.release()
+        return answer
+
+    def failed(self) -> Answer:
+        """Logs the exception being handled, with the message's key; no reply."""
+        self.session.release()
+        where = ledger.message_key(self.account, self.msg.dedupe_key)
+        log.exception("handler %s failed on message %s", getattr(self.handler, "__name__", self.handler), where)
         return Answer.none()
-    finally:
-        session.release()
-    return answer
 
 
 def _render(reply: Reply | None, user: str, account: str, for_event: bool) -> Answer:

@@ -11,14 +11,16 @@ from celery import Task
 from celery.app.task import Context
 from redis.commands.core import Script
 
+from appserver import awaiting
 from appserver.access_token import TokenError
 from appserver.app import app, serving, settings
 from appserver.bot import Bot
 from appserver.connection import client, through_outages
 from appserver.customer_service import CustomerService, SendResult
-from appserver.handling import Answer, handle
+from appserver.handling import Answer, Awaiting, begin, start
 from appserver.loader import load_bot
 from common import ledger
+from common.accounts import Account
 
 log = logging.getLogger("wxrelay.tasks")
 
@@ -28,6 +30,8 @@ DELIVER = "wxrelay.deliver"
 # minutes in all, well inside the 48 hours WeChat allows a reply.
 RETRY_DELAYS = (2, 4, 8, 16, 32, 60, 60, 60, 60, 60)
 SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, settings.lease)
+# Only appserver.pool's threads acknowledge a message after its awaited handler; prefork's children wait for it.
+_AWAITS_APART = settings.worker_pool == "threads"
 
 
 @cache
@@ -81,12 +85,23 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
     if account is None:
         # Removed from the accounts file while its message waited: settled with no reply, not run.
         log.error("message %s: its account is not configured any more; not run", dedupe_key)
-        answer = Answer.none()
-    else:
-        answer = handle(
-            xml, _bot(account.bot), client(), settings.session_ttl, settings.task_soft_time_limit,
-            settings.task_time_limit, account=account.name,
-        )  # fmt: skip
+        return _settle(dedupe_key, record, account, Answer.none())
+    answer = begin(
+        xml, _bot(account.bot), client(), settings.session_ttl, settings.task_soft_time_limit,
+        settings.task_time_limit, account=account.name,
+    )  # fmt: skip
+    if isinstance(answer, Awaiting):
+        outcome = start(answer, settings.task_soft_time_limit)
+        if not _AWAITS_APART:
+            return _settle(dedupe_key, record, account, answer.finish(outcome))
+        queue = (self.request.delivery_info or {}).get("routing_key") or account.queue
+        awaiting.hold(outcome, queue, lambda: _settle(dedupe_key, record, account, answer.finish(outcome)))
+        return ""
+    return _settle(dedupe_key, record, account, answer)
+
+
+def _settle(dedupe_key: str | None, record: str | None, account: Account | None, answer: Answer) -> str:
+    """Store the reply in the ledger, and queue its late send if WeChat has stopped waiting."""
     if dedupe_key is None or record is None:
         return answer.xml
     # No late path for an account that wants none: a reply that missed WeChat's window ends there.

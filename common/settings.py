@@ -197,7 +197,16 @@ SETTINGS: dict[str, Setting] = {
         "CPU-bound bots, Celery enforces both time limits (set the concurrency to the cores).",
     ),
     "worker_concurrency": Setting(
-        "WXRELAY_WORKER_CONCURRENCY", "50", _positive_int, "Handlers one worker process runs at once."
+        "WXRELAY_WORKER_CONCURRENCY",
+        "50",
+        _positive_int,
+        "Threads (or prefork processes) of one worker process: its sync handlers at once.",
+    ),
+    "async_concurrency": Setting(
+        "WXRELAY_ASYNC_CONCURRENCY",
+        "1000",
+        _positive_int,
+        "threads pool: async handlers one worker process keeps awaiting beside its threads (a coroutine each).",
     ),
 }
 
@@ -241,6 +250,7 @@ class Settings:
     workers: int
     worker_pool: str
     worker_concurrency: int
+    async_concurrency: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
