@@ -85,6 +85,8 @@ class Process:
         try:
             wait_until(lambda: self._check_alive() and condition(), timeout, f"{self.name} to be ready")
         except TimeoutError as exc:
+            # Never ready, never returned to the test: stopped here, or nobody would stop it.
+            self.stop(signal.SIGKILL)
             raise TimeoutError(f"{exc}\n--- {self.name} log ---\n{self.log()[-4000:]}") from None
 
     def _check_alive(self) -> bool:
