@@ -83,7 +83,7 @@ class Generator:
             "late_starts": self.late_starts,
             "peak_outstanding": self.peak_outstanding,
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "max_rss_mb": _peak_rss_mb(),
             "messages": self.results,
         }
 
@@ -213,6 +213,14 @@ class Client:
         for _, writer in self.idle:
             writer.close()
         self.idle.clear()
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's own peak RSS (VmHWM: ru_maxrss would carry the forking parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
