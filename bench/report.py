@@ -427,6 +427,15 @@ def _mark(met: bool | None) -> str:
     return "" if met is None else (" ✓" if met else " ✗")
 
 
+def _deliveries(r: dict[str, Any], _: Any = None) -> str:
+    """Deliveries answered (HTTP 200), cut by WeChat's 5 s, and failed otherwise (refused, an error status)."""
+    counts = r.get("deliveries")
+    if counts is None:
+        return "–"
+    answered, cut = counts.get("200", 0), counts.get("timeout", 0)
+    return f"{answered} / {cut} / {sum(counts.values()) - answered - cut}"
+
+
 def _slow_async_rows(results: dict[str, Any], systems: list[str], row: Any) -> list[str]:
     first = next(iter(results.values()))
     checks = {name: slow_async_checks(r) for name, r in results.items()}
@@ -458,6 +467,7 @@ def _slow_async_rows(results: dict[str, Any], systems: list[str], row: Any) -> l
             each(lambda r, c: f"{r['passive']} = {r['passive_pct']:.1f}%" + _mark(c["passive"])),
             "slow_async_passive"),
         row("    on delivery 1/2/3", each(lambda r, _: "/".join(map(str, r["on_delivery"].values())))),
+        row("  deliveries answered / cut at 5 s / failed", each(_deliveries)),
         row("  late, by the customer-service API", each(late)),
         row("  lost (no reply by either path)", each(lambda r, c: str(r["lost"]) + _mark(c["lost"]))),
         row("  handler runs (messages run twice)", each(runs)),

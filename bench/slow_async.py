@@ -300,6 +300,10 @@ def outcome(
         if len(sends) + answered > 1:
             twice += 1
     per_message = {m["id"]: runs.get(m["id"], 0) + queued.get(m["id"], 0) for m in messages}
+    deliveries: dict[str, int] = {}
+    for m in messages:
+        for got in m["outcomes"]:
+            deliveries[got] = deliveries.get(got, 0) + 1
     offered = len(messages)
     return {
         "offered": offered,
@@ -311,6 +315,8 @@ def outcome(
         "answered_twice": twice,
         "bad_replies": bad,
         "success_answers": success,
+        # Every delivery made, by how it ended: an HTTP status, "timeout" (cut at 5 s) or "unreachable".
+        "deliveries": dict(sorted(deliveries.items())),
         "runs": sum(runs.get(m["id"], 0) for m in messages),
         "runs_queued": sum(queued.get(m["id"], 0) for m in messages),
         "run_twice": sum(1 for n in per_message.values() if n > 1),

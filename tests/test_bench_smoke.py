@@ -61,10 +61,10 @@ def test_each_slow_async_message_is_counted_once_by_what_it_got() -> None:
         return {"id": str(n), "user": f"u{n}", "text": f"slowasync 10 {n}", "sent": 100.0, "outcomes": [], **got}
 
     messages = [
-        sent(1, delivery=3, elapsed=10.1, reply="slowasync 10 1"),  # passive
+        sent(1, delivery=3, elapsed=10.1, reply="slowasync 10 1", outcomes=["timeout", "timeout", "200"]),  # passive
         sent(2, delivery=3, elapsed=14.6, reply=None),  # `success`, then late
         sent(3, delivery=3, elapsed=14.6, reply=None),  # `success`, never sent: lost
-        sent(4),  # every delivery cut: lost
+        sent(4, outcomes=["timeout", "unreachable", "502"]),  # no delivery answered: lost
         sent(5, delivery=2, elapsed=10.0, reply="slowasync 10 5"),  # passive, and late too
         sent(6, delivery=1, elapsed=0.1, reply="something else"),  # a wrong reply: lost
     ]
@@ -74,6 +74,7 @@ def test_each_slow_async_message_is_counted_once_by_what_it_got() -> None:
     assert got["on_delivery"] == {"1": 0, "2": 1, "3": 1} and got["success_answers"] == 2
     assert (got["runs"], got["runs_queued"], got["run_twice"], got["never_run"]) == (5, 1, 1, 1)
     assert got["reply_p50_s"] == 10.1 and got["reply_max_s"] == 25.0
+    assert got["deliveries"] == {"200": 1, "502": 1, "timeout": 3, "unreachable": 1}
 
 
 def test_a_relays_stalls_between_two_scrapes() -> None:
