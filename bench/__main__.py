@@ -1,4 +1,4 @@
-"""`python -m bench [--quick]`: the appliance under load, side by side with the designs it replaces.
+"""`python -m bench [--quick] [--only S,...]`: the appliance under load, side by side with the designs it replaces.
 
 Writes bench.json (every figure), table.txt (the table printed at the end)
 and latency.png (latency percentiles against offered load) to --out,
@@ -15,7 +15,15 @@ from pathlib import Path
 
 from bench import report
 from bench.procs import ROOT
-from bench.run import PLANS, Bench, default_workdir
+from bench.run import PLANS, SCENARIOS, Bench, default_workdir
+
+
+def scenario_list(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"scenarios are {', '.join(SCENARIOS)}; not {', '.join(unknown) or value!r}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relays", type=int, help="relay processes (default: the appliance's)")
     parser.add_argument("--workers", type=int, help="worker processes (default: the appliance's)")
     parser.add_argument("--concurrency", type=int, default=50, help="handlers one worker runs at once")
+    parser.add_argument("--async-concurrency", type=int, metavar="N",
+                        help="WXRELAY_ASYNC_CONCURRENCY of the appliance's workers: async handlers one worker process "
+                             "keeps in flight (default: the appliance's own default)")  # fmt: skip
+    parser.add_argument("--only", type=scenario_list, default=SCENARIOS, metavar="SCENARIO,...",
+                        help=f"run only these scenarios ({', '.join(SCENARIOS)}), in that order")  # fmt: skip
     parser.add_argument("--no-baselines", action="store_true", help="measure the appliance alone")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     args = parser.parse_args(argv)
@@ -45,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     workdir = default_workdir()
-    bench = Bench(plan, stack, workdir, args.relays, args.workers, args.concurrency, not args.no_baselines)
+    bench = Bench(plan, stack, workdir, args.relays, args.workers, args.concurrency, not args.no_baselines,
+                  args.only, args.async_concurrency)  # fmt: skip
     try:
         data = bench.run()
     except KeyboardInterrupt:

@@ -19,6 +19,8 @@ CLOSED_LOOP_CEILING = 4000
 # A paced point is saturated when it falls this far behind the offered rate.
 BEHIND = 0.9
 P99_LIMIT_MS = 1000.0
+# Open loop: the share of the offered messages a sustained rate answers.
+ANSWERED = 0.99
 
 
 @dataclass
@@ -57,8 +59,38 @@ class Run:
             return True
         return self.offered_rate is not None and self.rate < BEHIND * self.offered_rate
 
+    @property
+    def offered(self) -> int | None:
+        """Messages the paced schedule offered over the run (None: closed loop)."""
+        return None if self.offered_rate is None else round(self.offered_rate * self.duration_s)
+
+    @property
+    def answered_pct(self) -> float | None:
+        """Of the requests whose fate is known (answered, or failed: refused, cut, timed out), the share
+        answered with a real reply. The few still in flight when wrk stops count for nothing."""
+        failed = sum(v for k, v in self.error_detail.items() if k in ("connect", "read", "write", "timeout"))
+        done = self.requests + failed
+        return round(100 * self.replies / done, 2) if done else None
+
+    @property
+    def sustained(self) -> bool:
+        """Open loop: ≥ 99% answered with a real reply, p99 under a second, and the offered rate really
+        offered and kept up with: wrk had a free connection for ≥ 99% of the schedule's slots (a system
+        that falls behind holds them all), and answered within BEHIND of the rate."""
+        offered = self.offered
+        if not offered or self.exhausted or self.p99_ms is None or self.answered_pct is None:
+            return False
+        kept = self.late_slots <= (1 - ANSWERED) * offered and self.rate >= BEHIND * (self.offered_rate or 0)
+        return self.answered_pct >= 100 * ANSWERED and self.p99_ms < P99_LIMIT_MS and kept
+
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "clean": self.clean, "saturated": self.saturated}
+        return {
+            **asdict(self),
+            "clean": self.clean,
+            "saturated": self.saturated,
+            "answered_pct": self.answered_pct,
+            "sustained": self.sustained,
+        }
 
 
 def wrk_binary() -> str:

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import cpu, loadgen, slow
+from bench import callbacks, cpu, loadgen, slow, slow_async, sustained
 from bench.cpu import CpuMeter
 from bench.procs import memory_report
 from bench.systems import (
@@ -26,6 +26,7 @@ from bench.systems import (
     baselines_for,
     describe,
 )
+from simulator.api import FakeWeChatAPI
 
 FIXED_CONNECTIONS = 16
 WARMUP_CONNECTIONS = 16
@@ -56,27 +57,51 @@ class Plan:
     io_connections: int
     io_s: float
     slow_messages: int
+    sustained_s: float  # each point of the bisection on the offered rate
+    sustained_tolerance: float  # the bisection stops with its bracket this close (a fraction of its top)
+    slow_async: slow_async.Load
 
-    def steps(self, systems: int) -> int:
+    def steps(self, systems: int, scenarios: tuple[str, ...] = ()) -> int:
+        scenarios = scenarios or SCENARIOS
         closed = (len(self.closed) + len(self.closed_safe)) * self.closed_rounds
-        per_system = 1 + closed + len(self.fixed_modes) + len(self.sweep) + 1
-        return systems * per_system + 3  # + start, memory, slow
+        per_system = {
+            "trivial": 1 + closed + len(self.fixed_modes) + len(self.sweep),
+            "sustained": 1,
+            "io-bound": 1,
+            "slow-async": 1,
+        }
+        steps = systems * sum(per_system.get(name, 0) for name in scenarios)
+        return steps + 1 + ("slow" in scenarios) + ("slow-async" in scenarios)  # + start, slow, restarts
 
+
+# In the order they run. slow-async comes last: a system that cannot keep up is
+# left with minutes of queued 10 s handlers, which nothing after it should meet.
+SCENARIOS = ("trivial", "sustained", "io-bound", "slow", "slow-async")
 
 PLANS = {
     # Highest throughput: each system's best over several concurrencies (the
     # polling baseline peaks low, the appliance batches better the busier it is).
     "full": Plan("full", 3, (32, 128, 256), (32, 128), 7, 2, 100, ("plain", "safe"), 12,
-                 (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1300), 5, 100, 12, 40),
-    "quick": Plan("quick", 1, (32, 128), (), 3, 1, 100, ("plain", "safe"), 3, (100, 400), 2, 100, 3, 10),
-    # The test-suite's smoke test: every scenario runs, with the smallest workloads.
-    "smoke": Plan("smoke", 1, (16,), (), 1, 1, 100, ("plain", "safe"), 1, (100,), 1, 20, 1, 2),
+                 (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1300), 5, 100, 12, 40,
+                 5, 0.03, slow_async.Load(rate=100, duration=60, seconds=10, settle=30)),
+    "quick": Plan("quick", 1, (32, 128), (), 3, 1, 100, ("plain", "safe"), 3, (100, 400), 2, 100, 3, 10,
+                  2, 0.03, slow_async.Load(rate=20, duration=15, seconds=10, settle=20)),
+    # The test-suite's smoke test: every scenario runs, with the smallest workloads
+    # (a 6 s await still needs WeChat's second delivery).
+    "smoke": Plan("smoke", 1, (16,), (), 1, 1, 100, ("plain", "safe"), 1, (100,), 1, 20, 1, 2,
+                  1, 0.5, slow_async.Load(rate=2, duration=2, seconds=6, settle=10)),
 }  # fmt: skip
 
 
 def sweep_connections(rate: float) -> int:
     """Enough connections to keep the offered rate going through 250 ms of latency."""
     return int(max(16, min(256, rate / 4)))
+
+
+def sustained_connections(rate: float) -> int:
+    """Enough connections to keep the offered rate going through 500 ms of latency: a sustained
+    point's p99 is under a second, and a slot with no free connection counts against it."""
+    return int(max(16, min(512, rate / 2)))
 
 
 class Progress:
@@ -121,8 +146,11 @@ class Progress:
 
 class Bench:
     def __init__(self, plan: Plan, stack: str, workdir: Path, relays: int | None, workers: int | None,
-                 concurrency: int, baselines: bool) -> None:  # fmt: skip
+                 concurrency: int, baselines: bool, scenarios: tuple[str, ...] = SCENARIOS,
+                 async_concurrency: int | None = None) -> None:  # fmt: skip
         self.plan = plan
+        self.scenarios = tuple(name for name in SCENARIOS if name in scenarios)
+        self.async_concurrency = async_concurrency
         self.workdir = workdir
         if stack == "direct":
             self.appliance: ApplianceBase = DirectAppliance(
@@ -133,7 +161,9 @@ class Bench:
         self.stack = stack
         self.baselines = baselines_for(self.appliance, workdir / "baselines") if baselines else []
         self.systems: list[System] = [self.appliance, *self.baselines]
-        self.progress = Progress(plan.steps(len(self.systems)))
+        self.progress = Progress(plan.steps(len(self.systems), self.scenarios))
+        # WeChat's API servers for the appliance's late replies (the customer-service API).
+        self.api = FakeWeChatAPI(appid=callbacks.APPID, secret=slow_async.SECRET)
         self.runs: list[loadgen.Run] = []
         self.calibration: float | None = None
         self.results: dict[str, Any] = {}
@@ -173,39 +203,40 @@ class Bench:
                 f"bench: the machine is already {busy:.0f}% busy (of {os.cpu_count()} cores) before the "
                 "benchmark starts: the figures will be lower than on a quiet machine"
             )
+        scenarios = {
+            "trivial": self._trivial,
+            "sustained": self._sustained,
+            "io-bound": self._io_bound,
+            "slow": self._slow,
+            "slow-async": self._slow_async,
+        }
+        self.api.start()
         try:
             self._start()
-            self._trivial()
-            self._io_bound()
-            self._slow()
+            for done, name in enumerate(self.scenarios):
+                self.after_others = done > 0
+                scenarios[name]()
         finally:
             self.progress.show("stopping the systems")
             self._stop()
+            self.api.stop()
             self.progress.close()
         return self._collect(started)
 
     def _start(self) -> None:
+        self.appliance.extra_settings = {
+            "WECHAT_APPSECRET": slow_async.SECRET,
+            "WECHAT_API_BASE": self.api.base_url,
+        }
+        if self.async_concurrency is not None:
+            self.appliance.extra_settings["WXRELAY_ASYNC_CONCURRENCY"] = str(self.async_concurrency)
         self.progress.show(f"starting the appliance ({self.stack})")
         began = time.monotonic()
         self.appliance.start()
         self.results["start_s"] = {"appliance": round(time.monotonic() - began, 1)}
         self.results["memory"] = {"idle": {"appliance": memory_report(self.appliance.processes())}}
         self.progress.step("starting the baselines")
-        errors: list[BaseException] = []
-
-        def start(baseline: Baseline) -> None:
-            try:
-                baseline.start()
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start, args=(b,)) for b in self.baselines]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        self._parallel(lambda baseline: baseline.start(), self.baselines)
         for baseline in self.baselines:
             self.results["memory"]["idle"][baseline.name] = memory_report(baseline.processes())
 
@@ -229,6 +260,34 @@ class Bench:
                     self.progress.skip(len(plan.sweep) - index - 1)
                     break
         self.results["memory"]["after_trivial"] = {s.name: memory_report(s.processes()) for s in self.systems}
+
+    def _sustained(self) -> None:
+        """The highest offered rate each system answers ≥ 99% of with p99 < 1 s, by bisection from its
+        closed-loop throughput."""
+        plan = self.plan
+        self.results["sustained"] = {}
+        for system in self.systems:
+            self.progress.step(f"{system.label}: sustained open-loop rate, by bisection")
+            upper = self._closed_loop_rate(system)
+
+            def passes(rate: float, system: System = system) -> bool:
+                self.progress.show(f"{system.label}: sustained open-loop rate, by bisection: {rate:g} msg/s offered")
+                run = self._load(system, "trivial-sustained", "plain", sustained_connections(rate), plan.sustained_s,
+                                 rate=rate)  # fmt: skip
+                return run.sustained
+
+            search = sustained.bisect(passes, upper, plan.sustained_tolerance)
+            self.results["sustained"][system.name] = {**search.as_dict(), "closed_loop": upper}
+
+    def _closed_loop_rate(self, system: System) -> float:
+        """The system's closed-loop throughput so far (trivial bot, plain): its best clean run, else its best."""
+        runs = [r for r in self.runs if r.system == system.name and r.scenario == "trivial-max" and r.mode == "plain"]
+        if not runs:
+            connections = max(self.plan.closed)
+            self.progress.show(f"{system.label}: trivial bot, closed loop, {connections} connections")
+            runs = [self._load(system, "trivial-max", "plain", connections, self.plan.closed_s)]
+        pool = [r for r in runs if r.clean] or runs
+        return max(r.rate for r in pool)
 
     def _closed(self, system: System, mode: str, connections: int) -> None:
         self._load(system, "trivial-max", mode, connections, self.plan.closed_s)
@@ -259,6 +318,45 @@ class Bench:
             s.name: slow.count_executions(s, outcome[s.name], settle=SETTLE_TIMEOUT) for s in self.systems
         }
 
+    def _slow_async(self) -> None:
+        load = self.plan.slow_async
+        if self.after_others and self.baselines:
+            # A baseline keeps minutes of earlier slow tasks queued, and its worker has prefetched some.
+            self.progress.step("restarting the baselines, for a clean queue")
+            self._parallel(lambda baseline: baseline.restart(), self.baselines)
+        else:
+            self.progress.skip(1)
+        results: dict[str, Any] = {}
+        # The appliance last: what it may leave queued meets nothing after it.
+        for system in [*self.baselines, self.appliance]:
+            wechat = f"WeChat {slow.WECHAT_DEADLINE:g} s × {slow.WECHAT_DELIVERIES}"
+            self.progress.step(f"{system.label}: slow async bot ({load.seconds:g} s), {load.rate:g} msg/s "
+                               f"for {load.duration:g} s, {wechat}")  # fmt: skip
+            if system is self.appliance:
+                system.settle(SETTLE_TIMEOUT)
+            results[system.name] = slow_async.run(system, load, self.workdir / "slow-async", self._meter(system),
+                                                  self.api)  # fmt: skip
+            if isinstance(system, Baseline):
+                system.quiesce()
+        self.results["slow_async"] = {s.name: results[s.name] for s in self.systems}
+
+    def _parallel(self, action: Callable[[Baseline], None], baselines: list[Baseline]) -> None:
+        errors: list[BaseException] = []
+
+        def one(baseline: Baseline) -> None:
+            try:
+                action(baseline)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(b,)) for b in baselines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
     def _stop(self) -> None:
         for system in reversed(self.systems):
             try:
@@ -269,7 +367,8 @@ class Bench:
     def _collect(self, started: float) -> dict[str, Any]:
         return {
             "meta": {
-                "plan": self.plan.__dict__,
+                "plan": {**self.plan.__dict__, "slow_async": self.plan.slow_async.__dict__},
+                "scenarios": list(self.scenarios),
                 "stack": self.stack,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                 "duration_s": round(time.time() - started, 1),
@@ -291,6 +390,8 @@ class Bench:
             "workers": getattr(a, "workers", None) or 2,
             "worker_concurrency": a.concurrency,  # type: ignore[attr-defined]
             "worker_pool": "threads",
+            # WXRELAY_ASYNC_CONCURRENCY: None = the appliance's default.
+            "async_concurrency": self.async_concurrency,
         }
 
 

@@ -50,8 +50,8 @@ def _with_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-def app_settings(redis_url: str | None, concurrency: int) -> dict[str, str]:
-    """The appliance's configuration for the benchmark."""
+def app_settings(redis_url: str | None, concurrency: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The appliance's configuration for the benchmark (`extra`: the run's own additions, e.g. its fake WeChat API)."""
     values = {
         "WECHAT_TOKEN": callbacks.TOKEN,
         "WECHAT_APPID": callbacks.APPID,
@@ -62,6 +62,7 @@ def app_settings(redis_url: str | None, concurrency: int) -> dict[str, str]:
     }
     if redis_url:
         values["WXRELAY_REDIS_URL"] = redis_url
+    values.update(extra or {})
     return values
 
 
@@ -98,6 +99,17 @@ class ApplianceBase(System):
     name = "appliance"
     label = "wxrelay appliance"
     queue = "wxrelay"
+    # Written into its settings at start, beside app_settings(): set before start().
+    extra_settings: dict[str, str] = {}
+
+    def relay_ports(self) -> list[int]:
+        """The port of each relay process (each serves its own /metrics)."""
+        ports = []
+        for _, pid in self.processes():
+            words = command(pid).split()
+            if "relay" in words and "-m" in words and "--port" in words:
+                ports.append(int(words[words.index("--port") + 1]))
+        return sorted(set(ports))
 
     def settle(self, timeout: float) -> bool:
         client = self.redis()
@@ -159,7 +171,7 @@ class ApplianceRunner(ApplianceBase):
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         settings = {
-            **app_settings(self.redis_url, self.concurrency),
+            **app_settings(self.redis_url, self.concurrency, self.extra_settings),
             "WXRELAY_REDIS_PORT": str(self.redis_port),
             "WXRELAY_REDIS_ADMIN_PASSWORD": self.admin_password,
         }
@@ -243,7 +255,8 @@ class DirectAppliance(ApplianceBase):
             loader=jinja2.FileSystemLoader(ROOT / "deploy"), undefined=jinja2.StrictUndefined
         )
         env_file = self.workdir / "bench.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in app_settings(self.redis_url, self.concurrency).items()))
+        settings = app_settings(self.redis_url, self.concurrency, self.extra_settings)
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         env = {**_clean_env(), "WXRELAY_ENV_FILE": str(env_file)}
 
         redis_conf = self.workdir / "redis.conf"
@@ -424,6 +437,18 @@ class Baseline(System):
             except (ValueError, KeyError, IndexError, TypeError):
                 continue
         return ids
+
+    def restart(self) -> None:
+        """From scratch: its processes stopped, its Redis database emptied, started again. For a
+        scenario after one that left minutes of queued (and prefetched) slow tasks behind."""
+        self.stop()
+        self.start()
+
+    def quiesce(self) -> None:
+        """Its Tornado process stopped and its queue dropped, without waiting for the tasks its worker
+        already took: the end of a scenario after which nothing more is asked of it."""
+        self.server.stop(signal.SIGKILL, timeout=5)
+        self.redis().delete(self.queue)
 
     def stop(self) -> None:
         # A blocked .get() or a worker busy with an 8 s handler: no warm shutdown.

@@ -1,8 +1,9 @@
 # `make bench [QUICK=1]`: the whole appliance under load on this machine, side by
 # side with the two designs it replaces (bench/baselines/), in one run.
 # Results: bench/results/ (bench.json, table.txt, latency.png).
-# QUICK=1 finishes in under 2 minutes; BENCH_FLAGS passes more options
-# (python -m bench --help), e.g. BENCH_FLAGS="--out /tmp/bench --keep".
+# QUICK=1 finishes in about 4 minutes; BENCH_FLAGS passes more options
+# (python -m bench --help), e.g. BENCH_FLAGS="--out /tmp/bench --keep", or
+# BENCH_FLAGS="--only slow-async" for one scenario.
 
 .PHONY: bench bench-deps
 
