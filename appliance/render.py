@@ -72,6 +72,10 @@ def venv() -> Path:
     return prefix
 
 
+# As the Ansible role's default (deploy/ansible/roles/nginx/defaults/main.yml).
+NGINX_WORKER_CONNECTIONS = 8192
+
+
 def values(local: Local, tools: Tools) -> dict[str, object]:
     """The templates' variables; the Ansible roles set the same names with a server's values."""
     settings, layout = local.settings, local.layout
@@ -102,6 +106,7 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         "wxrelay_worker_stop_wait": settings.task_time_limit + _WORKER_STOP_MARGIN,
         # nginx
         "wxrelay_nginx_site": str(layout.nginx_site),
+        "nginx_worker_connections": NGINX_WORKER_CONNECTIONS,
         "wxrelay_relay_hosts": ["127.0.0.1"],
         "wxrelay_http_port": settings.http_port,
         "wxrelay_https_port": 8443,

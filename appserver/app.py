@@ -17,7 +17,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 from appserver.served import Served, served
-from common import redaction
+from common import open_files, redaction
 from common.accounts import Accounts
 from common.settings import Settings
 from wechat.exceptions import InvalidConfigError
@@ -150,6 +150,7 @@ def _refuse_to_start(**_: object) -> None:
         # One line, not the traceback of a worker failing on its first message.
         print(f"wxrelay worker: configuration error: {_configuration_error}", file=sys.stderr)
         raise SystemExit(2)
+    open_files.raise_limit()
 
 
 @after_setup_logger.connect

@@ -10,7 +10,7 @@ import sys
 
 from tornado.httpserver import HTTPServer
 
-from common import accounts, redaction
+from common import accounts, open_files, redaction
 from common.accounts import Accounts
 from common.redaction import Redactor
 from common.settings import Settings
@@ -27,6 +27,7 @@ async def serve(settings: Settings, served: Accounts, address: str, port: int, r
         relay = Relay(settings, served, port, redactor)
     except ValueError as exc:  # a Redis URL the relay cannot use
         raise InvalidConfigError(str(exc)) from None
+    open_files.raise_limit()
     await relay.start()
     lag_probe = watch_loop_lag()
     # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).

@@ -391,6 +391,15 @@ def check_processes(target: Target) -> None:
         "relay and worker processes not all run as " + SERVICE_USER + ":\n" + "\n".join(" ".join(o) for o in ours),
     )
     passed(f"all {len(ours)} relay and worker processes run as {SERVICE_USER}")
+    # Thousands of slow conversations held open: room for them in nginx and in every process.
+    nginx = target.shell("sudo nginx -T 2>/dev/null | grep -E 'worker_(connections|rlimit_nofile)'", check=False).stdout
+    check("worker_connections 8192;" in nginx and "worker_rlimit_nofile 16384;" in nginx, f"nginx:\n{nginx}")
+    pids = target.shell(f"pgrep -u {SERVICE_USER} -f {APP_DIR}/venv/", check=False).stdout.split()
+    limits = [
+        target.shell(f"sudo grep 'Max open files' /proc/{pid}/limits", check=False).stdout.split() for pid in pids
+    ]
+    check(pids and all(len(limit) > 3 and int(limit[3]) >= 65536 for limit in limits), f"open files: {limits}")
+    passed(f"nginx holds 8192 connections; {len(pids)} relay and worker processes may open 65536 files")
 
 
 def relay_health(target: Target) -> dict[str, object]:
