@@ -2,7 +2,10 @@
 
 Subscribing once at start (instead of once per message) means no
 subscribe/unsubscribe round trips on the hot path and no window in which a
-reply could be published before its waiter listens.
+reply could be published before its waiter listens. Each relay has a channel
+of its own, which its claims write into the message's record: a worker
+publishes a reply to the relay holding its latest delivery, not to all of
+them (a relay standing by reads none).
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ class ReplyListener:
             lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
             subscriber.on_lost = lambda exc, lost=lost: lost.done() or lost.set_result(exc)
             try:
+                # Its own channel, which its claims name; the shared one for records that name none
+                # (written before relays had their own) and for workers that publish only there.
+                # (One channel a call: SUBSCRIBE answers once per channel.)
+                await subscriber.call("SUBSCRIBE", self._broker.reply_to)
                 await subscriber.call("SUBSCRIBE", ledger.REPLY_CHANNEL)
                 self.connected.set()
                 # Notices published while we were away are lost: look the
