@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                              "or start its processes directly from the deploy/ templates")  # fmt: skip
     parser.add_argument("--relays", type=int, help="relay processes (default: the appliance's)")
     parser.add_argument("--workers", type=int, help="worker processes (default: the appliance's)")
-    parser.add_argument("--concurrency", type=int, default=50, help="handlers one worker runs at once")
+    parser.add_argument("--concurrency", type=int, help="handlers one worker runs at once (default: the appliance's)")
     parser.add_argument("--no-baselines", action="store_true", help="measure the appliance alone")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     args = parser.parse_args(argv)

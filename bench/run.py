@@ -26,6 +26,7 @@ from bench.systems import (
     baselines_for,
     describe,
 )
+from common.settings import SETTINGS
 
 FIXED_CONNECTIONS = 16
 WARMUP_CONNECTIONS = 16
@@ -121,12 +122,12 @@ class Progress:
 
 class Bench:
     def __init__(self, plan: Plan, stack: str, workdir: Path, relays: int | None, workers: int | None,
-                 concurrency: int, baselines: bool) -> None:  # fmt: skip
+                 concurrency: int | None, baselines: bool) -> None:  # fmt: skip
         self.plan = plan
         self.workdir = workdir
         if stack == "direct":
             self.appliance: ApplianceBase = DirectAppliance(
-                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency
+                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency or 50
             )
         else:
             self.appliance = ApplianceRunner(workdir / "appliance", relays, workers, concurrency)
@@ -286,10 +287,11 @@ class Bench:
 
     def _appliance_config(self) -> dict[str, Any]:
         a = self.appliance
+        # What the appliance runs when the benchmark does not say: its own defaults.
         return {
-            "relays": getattr(a, "relays", None) or 2,
-            "workers": getattr(a, "workers", None) or 2,
-            "worker_concurrency": a.concurrency,  # type: ignore[attr-defined]
+            "relays": getattr(a, "relays", None) or int(SETTINGS["relays"].default),
+            "workers": getattr(a, "workers", None) or int(SETTINGS["workers"].default),
+            "worker_concurrency": a.concurrency or int(SETTINGS["worker_concurrency"].default),  # type: ignore[attr-defined]
             "worker_pool": "threads",
         }
 

@@ -188,7 +188,12 @@ SETTINGS: dict[str, Setting] = {
     "http_port": Setting("WXRELAY_HTTP_PORT", "8080", _positive_int, "Local appliance: nginx port."),
     "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
     "relays": Setting("WXRELAY_RELAYS", "2", _positive_int, "Local appliance: relay processes."),
-    "workers": Setting("WXRELAY_WORKERS", "2", _positive_int, "Local appliance: worker processes."),
+    "workers": Setting(
+        "WXRELAY_WORKERS",
+        "1",
+        _positive_int,
+        "Local appliance: worker processes (one busy worker runs a message for less CPU than two half-busy ones).",
+    ),
     "worker_pool": Setting(
         "WXRELAY_WORKER_POOL",
         "threads",
@@ -197,7 +202,10 @@ SETTINGS: dict[str, Setting] = {
         "CPU-bound bots, Celery enforces both time limits (set the concurrency to the cores).",
     ),
     "worker_concurrency": Setting(
-        "WXRELAY_WORKER_CONCURRENCY", "50", _positive_int, "Handlers one worker process runs at once."
+        "WXRELAY_WORKER_CONCURRENCY",
+        "100",
+        _positive_int,
+        "Handlers one worker process runs at once (threads, started as they are needed).",
     ),
 }
 
