@@ -77,6 +77,9 @@ app.conf.update(
     result_expires=3600,
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
+    # Nothing here uses `celery inspect` or `celery control`; with them on, each worker keeps a
+    # pub/sub subscription for them, and kombu re-registers its socket on every turn of the loop.
+    worker_enable_remote_control=False,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
 )

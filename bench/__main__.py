@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                              "or start its processes directly from the deploy/ templates")  # fmt: skip
     parser.add_argument("--relays", type=int, help="relay processes (default: the appliance's)")
     parser.add_argument("--workers", type=int, help="worker processes (default: the appliance's)")
-    parser.add_argument("--concurrency", type=int, default=50, help="handlers one worker runs at once")
+    parser.add_argument("--concurrency", type=int, help="handlers one worker runs at once (default: the appliance's)")
     parser.add_argument("--async-concurrency", type=int, metavar="N",
                         help="WXRELAY_ASYNC_CONCURRENCY of the appliance's workers: async handlers one worker process "
                              "keeps in flight (default: the appliance's own default)")  # fmt: skip

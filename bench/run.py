@@ -26,6 +26,7 @@ from bench.systems import (
     baselines_for,
     describe,
 )
+from common.settings import SETTINGS
 from simulator.api import FakeWeChatAPI
 
 FIXED_CONNECTIONS = 16
@@ -146,7 +147,7 @@ class Progress:
 
 class Bench:
     def __init__(self, plan: Plan, stack: str, workdir: Path, relays: int | None, workers: int | None,
-                 concurrency: int, baselines: bool, scenarios: tuple[str, ...] = SCENARIOS,
+                 concurrency: int | None, baselines: bool, scenarios: tuple[str, ...] = SCENARIOS,
                  async_concurrency: int | None = None) -> None:  # fmt: skip
         self.plan = plan
         self.scenarios = tuple(name for name in SCENARIOS if name in scenarios)
@@ -154,7 +155,7 @@ class Bench:
         self.workdir = workdir
         if stack == "direct":
             self.appliance: ApplianceBase = DirectAppliance(
-                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency
+                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency or 50
             )
         else:
             self.appliance = ApplianceRunner(workdir / "appliance", relays, workers, concurrency)
@@ -385,10 +386,11 @@ class Bench:
 
     def _appliance_config(self) -> dict[str, Any]:
         a = self.appliance
+        # What the appliance runs when the benchmark does not say: its own defaults.
         return {
-            "relays": getattr(a, "relays", None) or 2,
-            "workers": getattr(a, "workers", None) or 2,
-            "worker_concurrency": a.concurrency,  # type: ignore[attr-defined]
+            "relays": getattr(a, "relays", None) or int(SETTINGS["relays"].default),
+            "workers": getattr(a, "workers", None) or int(SETTINGS["workers"].default),
+            "worker_concurrency": a.concurrency or int(SETTINGS["worker_concurrency"].default),  # type: ignore[attr-defined]
             "worker_pool": "threads",
             # WXRELAY_ASYNC_CONCURRENCY: None = the appliance's default.
             "async_concurrency": self.async_concurrency,

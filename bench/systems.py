@@ -50,16 +50,17 @@ def _with_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-def app_settings(redis_url: str | None, concurrency: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+def app_settings(redis_url: str | None, concurrency: int | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The appliance's configuration for the benchmark (`extra`: the run's own additions, e.g. its fake WeChat API)."""
     values = {
         "WECHAT_TOKEN": callbacks.TOKEN,
         "WECHAT_APPID": callbacks.APPID,
         "WECHAT_AES_KEY": callbacks.AES_KEY,
         "WXRELAY_BOT": SUITE_BOT,
-        "WXRELAY_WORKER_CONCURRENCY": str(concurrency),
         "WXRELAY_LOG_LEVEL": "INFO",
     }
+    if concurrency is not None:
+        values["WXRELAY_WORKER_CONCURRENCY"] = str(concurrency)
     if redis_url:
         values["WXRELAY_REDIS_URL"] = redis_url
     values.update(extra or {})
@@ -133,7 +134,7 @@ class ApplianceRunner(ApplianceBase):
     configuration rendered from deploy/ into a private state folder, on free ports."""
 
     def __init__(self, workdir: Path, relays: int | None = None, workers: int | None = None,
-                 concurrency: int = 50) -> None:  # fmt: skip
+                 concurrency: int | None = None) -> None:  # fmt: skip
         self.workdir = workdir
         self.state = workdir / "state"
         self.env_file = workdir / "bench.env"

@@ -93,6 +93,11 @@ def stats_key(account: str) -> str:
     return PREFIX + "stats" if account == _DEFAULT_ACCOUNT else f"{PREFIX}stats:{account}"
 
 
+def relay_channel(relay_id: str) -> str:
+    """The reply channel of one relay process (each also listens on REPLY_CHANNEL)."""
+    return f"{REPLY_CHANNEL}:{relay_id}"
+
+
 def reply_notice(dedupe_key: str, reply: str) -> str:
     """What a worker publishes when a reply is ready: the key, a newline, the reply."""
     return f"{dedupe_key}\n{reply}"
@@ -125,9 +130,11 @@ def _with_constants(source: str) -> str:
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
-# KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key, delivery tag.
+# KEYS: record, queue, due. ARGV: ttl, task message, due after (s), answered, dedupe key, delivery tag,
+# and optionally the reply channel of the relay holding this delivery.
 # The record keeps its task (and its account's queue) until a reply is stored, for the sweep to queue
-# again should it be lost.
+# again should it be lost. It names the reply channel of the relay holding the latest delivery, so the
+# notice goes to that relay alone (every relay reading every notice cost each one its share of them all).
 # A new message is recorded, its task queued and its due time set in one
 # step: no relay crash can leave a claimed message without a task, or queue a
 # task twice. A retry counts its delivery and takes a reply that is ready.
@@ -140,12 +147,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   local state = 'pending'
   if ARGV[4] == '1' then state = 'abandoned' end
   redis.call('HSET', KEYS[1], 'state', state, 'deliveries', 1, 'task', ARGV[2], 'tag', ARGV[6], 'queue', KEYS[2])
+  if ARGV[7] then redis.call('HSET', KEYS[1], 'reply_to', ARGV[7]) end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('LPUSH', KEYS[2], ARGV[2])
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[5])
   return {'new', 1, ''}
 end
 if ARGV[4] == '1' then return {'replayed', 0, ''} end
+if ARGV[7] then redis.call('HSET', KEYS[1], 'reply_to', ARGV[7]) end
 local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 local found = redis.call('HMGET', KEYS[1], 'state', 'reply')
 return {found[1], deliveries, found[2] or ''}
@@ -160,6 +169,7 @@ return state
 """
 
 # KEYS: record, due. ARGV: reply, customer-service payload, channel, notice, ttl, dedupe key.
+# The notice goes to the channel the record names (its relay's), else to ARGV's (every relay's).
 # Returns `done` (a delivery may take it), `late` (the caller owns the late
 # send and must queue it), `silent`, or `already:<state>` when another run
 # of the same message got here first: that run owns the reply.
@@ -170,7 +180,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'pending' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'reply', ARGV[1], 'cs', ARGV[2])
   redis.call('HDEL', KEYS[1], 'task', 'tag')
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'reply_to') or ARGV[3], ARGV[4])
   return 'done'
 end
 if state == 'abandoned' or state == false then

@@ -37,6 +37,8 @@ class Broker:
         self._claim = Script(ledger.CLAIM)
         self._take = Script(ledger.TAKE)
         self._abandon = Script(ledger.ABANDON)
+        # This process's own reply channel on this Redis (its listener's), named in each claim.
+        self.reply_to = ledger.relay_channel(uuid.uuid4().hex)
 
     async def claim(self, dedupe_key: str, xml: str, queue: str, answered: bool = False) -> Claim:
         """Count this delivery; the first one also queues the task on its account's queue, atomically.
@@ -46,7 +48,7 @@ class Broker:
         tag = str(uuid.uuid4())
         message = task_message(HANDLE_TASK, [xml, dedupe_key], queue, delivery_tag=tag)
         keys = [ledger.record_key(dedupe_key), queue, ledger.DUE_KEY]
-        args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key, tag]
+        args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key, tag, self.reply_to]
         state, deliveries, reply = await self.ledger.evalsha(self._claim, keys, args)
         return Claim(state, int(deliveries), reply)
 

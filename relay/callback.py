@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -14,6 +13,7 @@ from tornado.web import stream_request_body
 from common import ledger
 from common.accounts import DEFAULT, WECOM
 from relay.context import Relay
+from relay.dispatch import HangUp
 from relay.handler import RelayHandler
 from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
 from relay.routes import Route
@@ -40,7 +40,7 @@ class CallbackHandler(RelayHandler):
         self.config = relay.settings
         self.chunks: list[bytes] = []
         self.size = 0
-        self.hung_up = asyncio.Event()
+        self.hung_up = HangUp()
 
     def prepare(self) -> None:
         # Checked before the body is read: an unknown, unsigned or oversize

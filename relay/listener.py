@@ -2,7 +2,10 @@
 
 Subscribing once at start (instead of once per message) means no
 subscribe/unsubscribe round trips on the hot path and no window in which a
-reply could be published before its waiter listens.
+reply could be published before its waiter listens. Each relay has a channel
+of its own, which its claims write into the message's record: a worker
+publishes a reply to the relay holding its latest delivery, not to all of
+them (a relay standing by reads none).
 """
 
 from __future__ import annotations
@@ -11,21 +14,21 @@ import asyncio
 import logging
 from collections import defaultdict
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common import ledger
 from relay.broker import Broker
+from relay.pipeline import PipelinedRedis
 
 log = logging.getLogger("wxrelay.relay")
 RECONNECT_DELAY = 0.5
 
 
 class ReplyListener:
-    def __init__(self, client: aioredis.Redis, broker: Broker) -> None:
-        self._client = client
+    def __init__(self, subscriber: PipelinedRedis, broker: Broker) -> None:
+        self._subscriber = subscriber
         self._broker = broker
-        self._waiters: dict[str, list[asyncio.Future[str]]] = defaultdict(list)
+        self._waiters: dict[str, list[asyncio.Future[str | None]]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -35,14 +38,15 @@ class ReplyListener:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        await self._client.aclose()
+        self._subscriber.on_lost = None
+        self._subscriber.close()
 
-    def expect(self, dedupe_key: str) -> asyncio.Future[str]:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    def expect(self, dedupe_key: str) -> asyncio.Future[str | None]:
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._waiters[dedupe_key].append(future)
         return future
 
-    def forget(self, dedupe_key: str, future: asyncio.Future[str]) -> None:
+    def forget(self, dedupe_key: str, future: asyncio.Future[str | None]) -> None:
         waiters = self._waiters.get(dedupe_key)
         if waiters and future in waiters:
             waiters.remove(future)
@@ -54,23 +58,33 @@ class ReplyListener:
             if not future.done():
                 future.set_result(reply)
 
+    def _notice(self, _channel: str, data: str) -> None:
+        self._resolve(*ledger.parse_reply_notice(data))
+
     async def _run(self) -> None:
+        subscriber = self._subscriber
+        subscriber.on_push = self._notice
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+            subscriber.on_lost = lambda exc, lost=lost: lost.done() or lost.set_result(exc)
             try:
-                await pubsub.subscribe(ledger.REPLY_CHANNEL)
+                # Its own channel, which its claims name; the shared one for records that name none
+                # (written before relays had their own) and for workers that publish only there.
+                # (One channel a call: SUBSCRIBE answers once per channel.)
+                await subscriber.call("SUBSCRIBE", self._broker.reply_to)
+                await subscriber.call("SUBSCRIBE", ledger.REPLY_CHANNEL)
                 self.connected.set()
                 # Notices published while we were away are lost: look the
                 # waiting messages up once instead.
                 await self._recheck()
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._resolve(*ledger.parse_reply_notice(message["data"]))
+                exc = await lost
+                log.warning("reply channel lost (%s); reconnecting", exc or "closed")
             except (RedisError, OSError) as exc:
                 log.warning("reply channel lost (%s); reconnecting", exc)
             finally:
                 self.connected.clear()
-                await pubsub.aclose()
+                subscriber.on_lost = None
+                subscriber.close()
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def _recheck(self) -> None:

@@ -5,8 +5,11 @@ asyncio client each costs ~130 µs of CPU (a pooled connection checked out and
 back, retry and timeout wrappers, instrumentation hooks): a third of the
 relay's CPU. Here the calls of all the requests one IOLoop turn handles go
 out in a single write on a single connection, and the replies, which Redis
-sends in order, resolve them in order: ~15 µs a call. The rest of the relay
-(the reply channel, /healthz, look-ups after a reconnect) keeps redis-py.
+sends in order, resolve them in order: ~15 µs a call. The reply channel's
+subscriber is one of these too (its messages go to `on_push`): through
+redis-py's PubSub each notice cost ~40 µs, and every relay reads every
+notice. The rest of the relay (/healthz, look-ups after a reconnect) keeps
+redis-py.
 
 Errors keep redis-py's types, so callers see no difference: a reply error is
 a ResponseError, a lost or refused connection a ConnectionError, a call
@@ -33,6 +36,7 @@ import hashlib
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -81,7 +85,11 @@ class _Protocol(asyncio.Protocol):
         waiting = owner.waiting
         # A reply nobody asked for (IndexError) or garbage (hiredis.ProtocolError) makes asyncio
         # close the transport, and connection_lost fails the calls: the stream is out of step.
+        on_push = owner.on_push
         while (reply := self.reader.gets()) is not False:
+            if on_push is not None and type(reply) is list and reply and reply[0] == "message":
+                on_push(reply[1], reply[2])  # a subscriber's message: no call waits for it
+                continue
             future = waiting.popleft()
             if not future.done():
                 future.set_result(reply)
@@ -126,6 +134,10 @@ class PipelinedRedis:
         self._written = 0
         self._writes: deque[tuple[int, float]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
+        # A subscriber's: called with (channel, data) for each message published to it, and with
+        # the reason when the connection is lost (the subscription goes with it).
+        self.on_push: Callable[[str, str], None] | None = None
+        self.on_lost: Callable[[Exception | None], None] | None = None
 
     @property
     def address(self) -> str:
@@ -250,6 +262,8 @@ class PipelinedRedis:
         for future in waiting:
             if not future.done():  # an exception each: one raised in many tasks would gather all their tracebacks
                 future.set_exception(ConnectionError(f"connection to Redis at {self.address} lost: {exc or 'closed'}"))
+        if self.on_lost is not None:
+            self.on_lost(exc)
 
     def close(self) -> None:
         protocol = self._protocol

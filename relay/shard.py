@@ -31,10 +31,9 @@ class Shard:
         client = aioredis.Redis.from_url(url, decode_responses=True, **timeouts)
         ledger_connection = PipelinedRedis(url, connect_timeout=2, timeout=settings.redis_timeout)
         broker = Broker(client, ledger_connection, settings)
-        # Its own client: a subscriber waits on its socket indefinitely by design.
-        subscriber = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_keepalive=True
-        )
+        # Its own connection: a subscriber waits on its socket indefinitely by design (the deadline
+        # bounds only SUBSCRIBE itself; TCP keepalive notices a peer gone).
+        subscriber = PipelinedRedis(url, connect_timeout=2, timeout=settings.redis_timeout)
         listener = ReplyListener(subscriber, broker)
         return cls(client, broker, listener, SeenSignatures(ledger_connection, settings.timestamp_window))
 

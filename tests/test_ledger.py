@@ -5,6 +5,7 @@ suite's workers, on the same Redis, sweep only the appliance's own."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -31,9 +32,9 @@ class Ledger:
         result = self.client.register_script(source)(keys=keys, args=args)
         return _decode(result)
 
-    def claim(self, answered: bool = False, due_after: float = 30) -> list[object]:
+    def claim(self, answered: bool = False, due_after: float = 30, reply_to: str | None = None) -> list[object]:
         keys = [self.record, self.queue, self.due_key]
-        args = [TTL, self.task, due_after, int(answered), self.key, self.tag]
+        args = [TTL, self.task, due_after, int(answered), self.key, self.tag] + ([reply_to] if reply_to else [])
         return self.run(ledger.CLAIM, keys, args)  # type: ignore[return-value]
 
     def complete(self, reply: str = "<xml/>", cs: str = '{"touser": "u"}') -> str:
@@ -221,3 +222,22 @@ def test_a_suspect_found_held_on_the_second_look_is_not_queued_again(book):
     book.make_due()
     book.sweep()
     assert book.client.llen(book.queue) == 0 and book.client.hget(book.record, "suspect") is None
+
+
+def test_the_notice_goes_to_the_relay_of_the_latest_delivery_or_else_to_every_relay(book):
+    pubsub = book.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("test:channel", f"{book.key}:relay-a", f"{book.key}:relay-b")
+    book.claim(reply_to=f"{book.key}:relay-a")
+    book.claim(reply_to=f"{book.key}:relay-b")  # WeChat's retry reached another relay
+    assert book.complete() == "done"
+    other = Ledger(book.client)
+    other.claim()  # a relay that names no channel of its own
+    assert other.complete() == "done"
+    got: list[str] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1)  # None for a subscription's confirmation too
+        if message is not None:
+            got.append(message["channel"].decode())
+    pubsub.close()
+    assert got == [f"{book.key}:relay-b", "test:channel"]

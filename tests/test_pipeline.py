@@ -365,3 +365,29 @@ def test_many_coroutines_each_get_their_own_replies(redis_server: RedisServer) -
         assert all(tag == reply for tag, reply in pairs)
 
     run(main)
+
+
+def test_a_subscriber_gets_each_message_and_hears_of_its_connection_lost(log_dir: Path) -> None:
+    port = free_port()
+    server = start_redis(log_dir, f"redis-subscriber-{port}", "--port", str(port))
+    server.wait_ready(lambda: redis.Redis(port=port, password=PASSWORD).ping())
+    publisher = redis.Redis(port=port, password=PASSWORD)
+
+    async def main() -> None:
+        subscriber = PipelinedRedis(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", timeout=5)
+        got: list[tuple[str, str]] = []
+        lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        subscriber.on_push = lambda channel, data: got.append((channel, data))
+        subscriber.on_lost = lambda exc: lost.done() or lost.set_result(exc)
+        assert await subscriber.call("SUBSCRIBE", "test:channel") == ["subscribe", "test:channel", 1]
+        for n in range(3):
+            await asyncio.to_thread(publisher.publish, "test:channel", f"notice {n}\nwith a newline")
+        await asyncio.to_thread(wait_until, lambda: len(got) == 3, 5, "the messages")
+        assert got == [("test:channel", f"notice {n}\nwith a newline") for n in range(3)]
+        server.stop(signal.SIGKILL)
+        await asyncio.wait_for(lost, 5)
+
+    try:
+        run(main)
+    finally:
+        server.stop()
