@@ -145,15 +145,12 @@ def passed(message: str) -> None:
 
 
 def relay_counts(target: Target) -> dict[int, float]:
-    """Requests each relay has handled (valid messages and URL verifications); a relay stopped is left out."""
+    """Requests each relay has handled (valid messages and URL verifications)."""
     script = (
         "import json, urllib.request\n"
         "out = {}\n"
         f"for port in range({RELAY_PORT}, {RELAY_PORT + target.relays}):\n"
-        "    try:\n"
-        "        text = urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5).read().decode()\n"
-        "    except OSError:\n"
-        "        continue\n"
+        "    text = urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5).read().decode()\n"
         "    out[port] = sum(float(l.rsplit(' ', 1)[1]) for l in text.splitlines()\n"
         "                    if l.startswith(('wxrelay_messages_total', 'wxrelay_url_verifications_total')))\n"
         "print(json.dumps(out))\n"
@@ -349,33 +346,26 @@ def check_wecom_url_verification(target: Target) -> None:
 
 
 def check_spread(target: Target) -> None:
-    """The first relay takes every request, the others stand by (wxrelay_relay_standby, the default);
-    check_relay_down then shows them taking over."""
     before = relay_counts(target)
-    sent = 4 * target.relays
-    for n in range(sent):
+    for n in range(4 * target.relays):
         say_and_check(target, "plain", f"spread {n}", user=f"o_spread_{n}")
     after = relay_counts(target)
     deltas = {port: after[port] - before.get(port, 0) for port in after}
     check(
-        len(deltas) == target.relays and deltas.get(RELAY_PORT) == sent and sum(deltas.values()) == sent,
-        f"requests did not all reach the first relay, the others standing by: {deltas}",
+        len(deltas) == target.relays and all(d > 0 for d in deltas.values()),
+        f"requests did not reach every relay: {deltas}",
     )
-    passed(f"{sent} messages to the first of {target.relays} relays, the others standing by: {deltas}")
+    passed(f"{4 * target.relays} messages spread over all {target.relays} relays: {deltas}")
 
 
 def check_relay_down(target: Target) -> None:
     victim = f"wxrelay-relay:relay-{RELAY_PORT}"
     target.shell(f"sudo supervisorctl stop {victim}")
     try:
-        before = relay_counts(target)
         for n in range(2 * target.relays):
             elapsed = say_and_check(target, "safe", f"one relay down {n}", user=f"o_down_{n}")
             check(elapsed < 4.5, f"with one relay down a message took {elapsed:.2f} s")
-        after = relay_counts(target)
-        standby = sum(after[port] - before.get(port, 0) for port in after if port != RELAY_PORT)
-        check(standby == 2 * target.relays, f"the relays standing by answered {standby} of {2 * target.relays}")
-        passed(f"with {victim} stopped, {2 * target.relays} messages still answered at once, by the relays standing by")
+        passed(f"with {victim} stopped, {2 * target.relays} messages still answered at once")
     finally:
         target.shell(f"sudo supervisorctl start {victim}")
 
