@@ -155,7 +155,7 @@ class Bench:
         self.workdir = workdir
         if stack == "direct":
             self.appliance: ApplianceBase = DirectAppliance(
-                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency or 50
+                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency
             )
         else:
             self.appliance = ApplianceRunner(workdir / "appliance", relays, workers, concurrency)
@@ -386,8 +386,8 @@ class Bench:
 
     def _appliance_config(self) -> dict[str, Any]:
         a = self.appliance
-        # What the appliance runs when the benchmark does not say: its own defaults.
         return {
+            # What the appliance runs when the benchmark does not say: its own defaults.
             "relays": getattr(a, "relays", None) or int(SETTINGS["relays"].default),
             "workers": getattr(a, "workers", None) or int(SETTINGS["workers"].default),
             "worker_concurrency": a.concurrency or int(SETTINGS["worker_concurrency"].default),  # type: ignore[attr-defined]

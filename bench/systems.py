@@ -57,10 +57,9 @@ def app_settings(redis_url: str | None, concurrency: int | None, extra: dict[str
         "WECHAT_APPID": callbacks.APPID,
         "WECHAT_AES_KEY": callbacks.AES_KEY,
         "WXRELAY_BOT": SUITE_BOT,
+        "WXRELAY_WORKER_CONCURRENCY": str(concurrency),
         "WXRELAY_LOG_LEVEL": "INFO",
     }
-    if concurrency is not None:
-        values["WXRELAY_WORKER_CONCURRENCY"] = str(concurrency)
     if redis_url:
         values["WXRELAY_REDIS_URL"] = redis_url
     values.update(extra or {})
@@ -134,7 +133,7 @@ class ApplianceRunner(ApplianceBase):
     configuration rendered from deploy/ into a private state folder, on free ports."""
 
     def __init__(self, workdir: Path, relays: int | None = None, workers: int | None = None,
-                 concurrency: int | None = None) -> None:  # fmt: skip
+                 concurrency: int = 50) -> None:  # fmt: skip
         self.workdir = workdir
         self.state = workdir / "state"
         self.env_file = workdir / "bench.env"

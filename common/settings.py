@@ -188,12 +188,7 @@ SETTINGS: dict[str, Setting] = {
     "http_port": Setting("WXRELAY_HTTP_PORT", "8080", _positive_int, "Local appliance: nginx port."),
     "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
     "relays": Setting("WXRELAY_RELAYS", "2", _positive_int, "Local appliance: relay processes."),
-    "workers": Setting(
-        "WXRELAY_WORKERS",
-        "1",
-        _positive_int,
-        "Local appliance: worker processes (one busy worker runs a message for less CPU than two half-busy ones).",
-    ),
+    "workers": Setting("WXRELAY_WORKERS", "2", _positive_int, "Local appliance: worker processes."),
     "worker_pool": Setting(
         "WXRELAY_WORKER_POOL",
         "threads",
@@ -203,13 +198,13 @@ SETTINGS: dict[str, Setting] = {
     ),
     "worker_concurrency": Setting(
         "WXRELAY_WORKER_CONCURRENCY",
-        "100",
+        "50",
         _positive_int,
         "Threads (or prefork processes) of one worker process: its sync handlers at once (started as needed).",
     ),
     "async_concurrency": Setting(
         "WXRELAY_ASYNC_CONCURRENCY",
-        "2000",
+        "1000",
         _positive_int,
         "threads pool: async handlers one worker process keeps awaiting beside its threads (a coroutine each).",
     ),

@@ -132,7 +132,7 @@ def test_the_readme_quickstart_runs_the_whole_appliance(appliance: Appliance) ->
                 say = f"make say TEXT=hello MODE={mode}"
                 check_say(appliance, say, appliance.ok(say))
             started = appliance.processes()
-            assert len(started) >= 6, started  # supervisord, Redis, nginx (+ worker), 2 relays, 1 worker
+            assert len(started) >= 7, started  # supervisord, Redis, nginx (+ worker), 2 relays, 2 workers
         output = appliance.ok(command)
         if command == "make run":
             check_run(appliance, output)
@@ -248,8 +248,8 @@ def check_status(appliance: Appliance, output: str) -> None:
     for port in appliance.relay_ports:
         assert f"✓ relay    :{port} /healthz" in output
     assert f"✓ redis    :{appliance.redis_port} PING → PONG" in output
-    assert "✓ workers  1 of 1 seen" in output  # the default: one worker (WXRELAY_WORKERS)
-    for program in ("nginx", "redis", "wxrelay-worker:worker-0"):
+    assert "✓ workers  2 of 2 seen" in output
+    for program in ("nginx", "redis", "wxrelay-worker:worker-0", "wxrelay-worker:worker-1"):
         assert re.search(rf"^  {re.escape(program)}\s+RUNNING", output, re.M), output
 
 
