@@ -57,9 +57,10 @@ def app_settings(redis_url: str | None, concurrency: int | None, extra: dict[str
         "WECHAT_APPID": callbacks.APPID,
         "WECHAT_AES_KEY": callbacks.AES_KEY,
         "WXRELAY_BOT": SUITE_BOT,
-        "WXRELAY_WORKER_CONCURRENCY": str(concurrency),
         "WXRELAY_LOG_LEVEL": "INFO",
     }
+    if concurrency is not None:  # else the appliance's default
+        values["WXRELAY_WORKER_CONCURRENCY"] = str(concurrency)
     if redis_url:
         values["WXRELAY_REDIS_URL"] = redis_url
     values.update(extra or {})
@@ -133,7 +134,7 @@ class ApplianceRunner(ApplianceBase):
     configuration rendered from deploy/ into a private state folder, on free ports."""
 
     def __init__(self, workdir: Path, relays: int | None = None, workers: int | None = None,
-                 concurrency: int = 50) -> None:  # fmt: skip
+                 concurrency: int | None = None) -> None:  # fmt: skip
         self.workdir = workdir
         self.state = workdir / "state"
         self.env_file = workdir / "bench.env"
@@ -235,7 +236,7 @@ def consecutive_free_ports(count: int, taken: set[int]) -> int:
 class DirectAppliance(ApplianceBase):
     """The appliance's processes started by the benchmark itself, from deploy/ templates."""
 
-    def __init__(self, workdir: Path, relays: int = 2, workers: int = 2, concurrency: int = 50) -> None:
+    def __init__(self, workdir: Path, relays: int = 2, workers: int = 2, concurrency: int | None = None) -> None:
         self.workdir = workdir
         self.relays, self.workers, self.concurrency = relays, workers, concurrency
         self.procs: list[Proc] = []
