@@ -398,8 +398,12 @@ def check_processes(target: Target) -> None:
     limits = [
         target.shell(f"sudo grep 'Max open files' /proc/{pid}/limits", check=False).stdout.split() for pid in pids
     ]
-    check(pids and all(len(limit) > 3 and int(limit[3]) >= 65536 for limit in limits), f"open files: {limits}")
-    passed(f"nginx holds 8192 connections; {len(pids)} relay and worker processes may open 65536 files")
+    # Raised to 65536, or as far as the host's hard limit lets (a container inherits its host's).
+    check(
+        pids and all(len(limit) > 4 and int(limit[3]) >= min(65536, int(limit[4])) for limit in limits),
+        f"open files: {limits}",
+    )
+    passed(f"nginx holds 8192 connections; {len(pids)} relay and worker processes raised their open-files limit")
 
 
 def relay_health(target: Target) -> dict[str, object]:
