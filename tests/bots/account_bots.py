@@ -1,5 +1,5 @@
-"""Bots of the accounts tests: each says whose bot answered, and `sleepy`
-holds its handler slot until the test lets go (or 30 s pass)."""
+"""Bots of the accounts tests: each says whose bot answered; `sleepy` and
+each bot's "hold" hold their handler slot until the test lets go (or 30 s pass)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,23 @@ def _named(name: str) -> Bot:
         time.sleep(float(msg.content.split()[1]))
         return f"{name} bot: {msg.content}"
 
+    @bot.text("hold")
+    def hold(msg):
+        _wait_for_release()
+        return f"{name} bot: held"
+
     @bot.text()
     def answer(msg):
         _redis.incr(f"test:runs:{name}:{msg.dedupe_key}")
         return f"{name} bot: {msg.content}"
 
     return bot
+
+
+def _wait_for_release() -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _redis.exists(RELEASE_KEY):
+        time.sleep(0.05)
 
 
 shop = _named("shop")
@@ -40,7 +51,5 @@ sleepy = Bot()
 @sleepy.text()
 def block(msg):
     _redis.incr("test:accounts:sleepy_started")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not _redis.exists(RELEASE_KEY):
-        time.sleep(0.05)
+    _wait_for_release()
     return "slept"
