@@ -9,8 +9,9 @@ import time
 import httpx
 import pytest
 
+from simulator import WeChatSimulator
 from tests.conftest import WECHAT_TIMEOUT
-from tests.test_many_accounts import Stack
+from tests.test_many_accounts import BLOG, SHOP, Stack, account, msg_id
 from wechat.crypto import MessageCrypto, decode_aes_key, encrypt
 from wechat.parser import parse_xml
 from wechat.signature import make_signature
@@ -31,7 +32,8 @@ bot = "tests/bots/account_bots.py:staff"
 def staff(log_dir, stack_env, redis_server, tmp_path, worker, wechat_api):
     wechat_api.add_wecom_app(CORPID, SECRET, AGENTID)
     stack = Stack(log_dir, stack_env, redis_server, tmp_path / "accounts.toml")
-    relay = stack.start(STAFF)
+    # Beside two official accounts: one appliance serves them all.
+    relay = stack.start(STAFF + account("shop", "shop", SHOP) + account("blog", "blog", BLOG))
     yield f"{relay.callback}/staff"
     stack.stop()
 
@@ -105,3 +107,24 @@ def test_a_late_reply_goes_through_message_send_with_the_apps_agentid(staff, wec
         "text": {"content": f"staff bot: slow {seconds}"},
         "agentid": AGENTID,
     }
+
+
+def test_two_official_accounts_and_the_wecom_app_each_with_its_own_bot_and_keys(staff):
+    base = staff.removesuffix("/staff")
+    wecom = WeChatSimulator(staff, TOKEN, aes_key=AES_KEY, mode="wecom", corpid=CORPID, agentid=AGENTID)
+    shop = WeChatSimulator(f"{base}/shop", SHOP["token"], SHOP["appid"], SHOP["aes_key"], mode="safe")
+    blog = WeChatSimulator(f"{base}/blog", BLOG["token"])
+    answers = [sim.say("hello", MsgId=msg_id()) for sim in (wecom, shop, blog)]
+    expected = [(1, f"{name} bot: hello") for name in ("staff", "shop", "blog")]
+    assert [(answer.delivery, answer.text) for answer in answers] == expected
+    assert answers[0].decrypted and answers[1].decrypted
+
+    # Each account's keys open its own URL only.
+    crossed = [
+        WeChatSimulator(f"{base}/shop", TOKEN, SHOP["appid"], AES_KEY, mode="safe", deliveries=1),
+        WeChatSimulator(
+            staff, SHOP["token"], aes_key=SHOP["aes_key"], mode="wecom", corpid=CORPID, agentid=AGENTID, deliveries=1
+        ),
+        WeChatSimulator(f"{base}/blog", SHOP["token"], deliveries=1),
+    ]
+    assert [sim.say("not yours", MsgId=msg_id()).attempts[0].outcome for sim in crossed] == [403, 403, 403]
