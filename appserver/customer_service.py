@@ -22,6 +22,8 @@ TOKEN_INVALID = {40001, 40014, 42001}
 # no retry will change (45015 out of the 48-hour window, 48001 no
 # permission, 45047 quota...).
 BUSY = -1
+# The account has no customer-service API (unverified subscription accounts): its replies go by pickup.
+NO_PERMISSION = 48001
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,20 @@ log = logging.getLogger("wxrelay.appserver")
 
 @dataclass(frozen=True)
 class Answer:
-    """A rendered passive reply ('' for none) and the same reply for the API."""
+    """A rendered passive reply ('' for none) and the same reply for the API, and whom it answers: replies
+    kept for that user join it (appserver/pickup.py)."""
 
     xml: str
     customer_service: dict[str, Any] | None
+    user: str = ""
+    account_id: str = ""
+    for_event: bool = False
 
     @classmethod
-    def none(cls) -> Answer:
-        return cls("", None)
+    def none(cls, msg: BaseMessage | None = None) -> Answer:
+        if msg is None:
+            return cls("", None)
+        return cls("", None, msg.source, msg.target, isinstance(msg, BaseEvent))
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ def begin(
     msg.session = session  # type: ignore[attr-defined]
     handler = bot.find_handler(msg)
     if handler is None:
-        return Answer.none()
+        return Answer.none(msg)
     run = _Run(msg, handler, session, account)
     try:
         result = handler(msg)
@@ -137,11 +143,11 @@ class _Run:
         self.session.release()
         where = ledger.message_key(self.account, self.msg.dedupe_key)
         log.exception("handler %s failed on message %s", getattr(self.handler, "__name__", self.handler), where)
-        return Answer.none()
+        return Answer.none(self.msg)
 
 
 def _render(reply: Reply | None, user: str, account: str, for_event: bool) -> Answer:
     if reply is None:
-        return Answer.none()
+        return Answer("", None, user, account, for_event)
     xml = reply.render(user, account, int(time.time()), for_event=for_event)
-    return Answer(xml, reply.to_customer_service(user))
+    return Answer(xml, reply.to_customer_service(user), user, account, for_event)

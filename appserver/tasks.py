@@ -11,12 +11,12 @@ from celery import Task
 from celery.app.task import Context
 from redis.commands.core import Script
 
-from appserver import awaiting
+from appserver import awaiting, pickup
 from appserver.access_token import TokenError
 from appserver.app import app, serving, settings
 from appserver.bot import Bot
 from appserver.connection import client, through_outages
-from appserver.customer_service import CustomerService, SendResult
+from appserver.customer_service import NO_PERMISSION, CustomerService, SendResult
 from appserver.handling import Answer, Awaiting, begin, start
 from appserver.loader import load_bot
 from common import ledger
@@ -29,6 +29,8 @@ DELIVER = "wxrelay.deliver"
 # Backoff of a late send WeChat could not take (network, busy -1): about six
 # minutes in all, well inside the 48 hours WeChat allows a reply.
 RETRY_DELAYS = (2, 4, 8, 16, 32, 60, 60, 60, 60, 60)
+# How often a reply tries to carry the kept ones before it goes without them.
+CARRY_TRIES = 5
 SETTLED_TTL = ledger.settle_ttl(settings.deliveries, settings.wechat_timeout, settings.lease)
 # Only appserver.pool's threads acknowledge a message after its awaited handler; prefork's children wait for it.
 _AWAITS_APART = settings.worker_pool == "threads"
@@ -106,18 +108,50 @@ def _settle(dedupe_key: str | None, record: str | None, account: Account | None,
         return answer.xml
     # No late path for an account that wants none: a reply that missed WeChat's window ends there.
     late = answer.customer_service if account is not None and account.late_replies else None
-    payload = json.dumps(late) if late else ""
+    payload = pickup.entry(late) if late else ""
     notice = ledger.reply_notice(dedupe_key, answer.xml)
-    keys = [record, ledger.DUE_KEY]
+    name = account.name if account is not None else ledger.account_of(dedupe_key)
+    keys = [record, ledger.DUE_KEY, ledger.pickup_key(name, answer.user)]
     args = [answer.xml, payload, ledger.REPLY_CHANNEL, notice, settings.dedupe_ttl, dedupe_key]
     outcome = through_outages(
         lambda: _script(ledger.COMPLETE)(keys=keys, args=args).decode(), f"storing the reply to {dedupe_key}"
     )
+    if outcome == ledger.PICKUP:
+        outcome = _settle_carrying(dedupe_key, keys, args, answer)
     if outcome == ledger.LATE:
         queue_late(dedupe_key)
     elif outcome.startswith("already:"):
         log.info("message %s was answered by another run (%s): this reply is dropped", dedupe_key, outcome)
     return answer.xml
+
+
+def _settle_carrying(dedupe_key: str, keys: list[str], args: list[object], answer: Answer) -> str:
+    """COMPLETE for a user with replies kept: this message's reply carries them (appserver/pickup.py)."""
+    what = f"storing the reply to {dedupe_key}"
+    for attempt in range(CARRY_TRIES):
+        kept: list[str] = []
+        # The last try carries none: another message of the user kept taking them first.
+        if attempt < CARRY_TRIES - 1:
+            found = through_outages(lambda: client().lrange(keys[2], 0, pickup.CARRY - 1), "reading kept replies")
+            kept = [item.decode() for item in found]
+        carried = pickup.carry(kept, answer) if kept else pickup.Carried(answer.xml, str(args[1]), [], "")
+        notice = ledger.reply_notice(dedupe_key, carried.xml)
+        full = [carried.xml, carried.customer_service, args[2], notice, *args[4:], settings.pickup_ttl]
+        full += [*carried.entries, carried.leftover]
+        outcome = through_outages(lambda: _script(ledger.PICKUP_COMPLETE)(keys=keys, args=full).decode(), what)
+        if outcome == ledger.DONE and carried.entries:
+            _count(dedupe_key, "pickup_delivered", len(carried.entries))
+            log.info("message %s carries %d kept replies", dedupe_key, len(carried.entries))
+        if outcome != "retry":
+            break
+    if outcome == "not-pending":
+        # No delivery waits any more: this reply alone takes the usual way; the kept ones stay.
+        return through_outages(lambda: _script(ledger.COMPLETE)(keys=keys, args=args).decode(), what)
+    return outcome
+
+
+def _count(dedupe_key: str, stat: str, amount: int = 1) -> None:
+    client().hincrby(ledger.stats_key(ledger.account_of(dedupe_key)), stat, amount)
 
 
 @app.task(name=DELIVER, bind=True, max_retries=len(RETRY_DELAYS), ignore_result=True)
@@ -127,6 +161,9 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     if account is None:
         # Never with another account's credentials: the sweep offers it again, to its own account's queue.
         log.warning("late reply to %s: its account is not configured on this worker; left to one that is", dedupe_key)
+        return
+    if account.late_path == "pickup":
+        _keep(dedupe_key, account)
         return
     service = _customer_service(account.name)
     keys = [ledger.record_key(dedupe_key), ledger.DUE_KEY]
@@ -151,6 +188,14 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         args = ["retry", result.errcode, RETRY_DELAYS[retries], SETTLED_TTL, dedupe_key]
         through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
         _retry_later(self, service, dedupe_key, f"{result.errcode} {result.detail}")
+    if result.outcome == "refused" and result.errcode == NO_PERMISSION:
+        log.warning(
+            "late reply to %s: the account has no customer-service API (48001); kept for the user's next message",
+            dedupe_key,
+        )
+        service.count("late_no_permission")
+        _keep(dedupe_key, account, json.loads(payload)["touser"])
+        return
     state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
     args = [state, result.errcode, 0, SETTLED_TTL, dedupe_key]
     through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
@@ -161,6 +206,23 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     stat = {"refused": "late_refused", "unconfigured": "late_unconfigured"}.get(result.outcome, "late_failed")
     service.count(stat)
     log.warning("late reply to %s not sent (%s): %s %s", dedupe_key, result.outcome, result.errcode, result.detail)
+
+
+def _keep(dedupe_key: str, account: Account, user: str | None = None) -> None:
+    """The `pickup` late path: the reply waits for the user's next message (appserver/pickup.py)."""
+    record = ledger.record_key(dedupe_key)
+    if user is None:
+        payload = through_outages(lambda: client().hget(record, "cs"), f"reading the reply to {dedupe_key}")
+        if not payload:
+            log.debug("late reply to %s: nothing to keep", dedupe_key)
+            return
+        user = json.loads(payload)["touser"]
+    keys = [record, ledger.DUE_KEY, ledger.pickup_key(account.name, user)]  # type: ignore[arg-type]
+    args = [settings.pickup_ttl, SETTLED_TTL, dedupe_key]
+    state = through_outages(lambda: _script(ledger.KEEP)(keys=keys, args=args).decode(), f"keeping {dedupe_key}")
+    if state == ledger.KEPT:
+        _count(dedupe_key, "late_kept")
+        log.info("late reply to %s kept for the user's next message", dedupe_key)
 
 
 def _retry_later(task: Task, service: CustomerService, dedupe_key: str, why: str) -> NoReturn:

@@ -39,7 +39,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FIELDS = {
     "kind", "token", "aes_key", "aes_key_previous", "appid", "corpid", "agentid", "secret",
-    "bot", "modes", "late_replies", "redis_url",
+    "bot", "modes", "late_replies", "late_path", "pickup_text", "redis_url",
 }  # fmt: skip
 _SECRETS = ("token", "aes_key", "aes_key_previous", "secret", "redis_url")
 
@@ -58,6 +58,10 @@ class Account:
     bot: str
     modes: frozenset[str]
     late_replies: bool
+    # How a reply that missed every delivery goes: "api" (customer-service API or WeCom's message/send) or
+    # "pickup" (kept for the passive reply to the user's next message), and what the last delivery says then.
+    late_path: str
+    pickup_text: str
     redis_url: str
     queue: str
     api_base: str
@@ -136,8 +140,8 @@ def _default(settings: Settings) -> Account:
         modes.discard("plain")
     account = Account(
         DEFAULT, OFFICIAL, settings.token, settings.aes_key, settings.aes_key_previous, settings.appid, None,
-        settings.appsecret, settings.bot, frozenset(modes), True, settings.redis_url, settings.queue,
-        settings.api_base,
+        settings.appsecret, settings.bot, frozenset(modes), True, _late_path(settings.late_path, settings.appsecret),
+        settings.pickup_text, settings.redis_url, settings.queue, settings.api_base,
     )  # fmt: skip
     _check_keys(account, lambda field: _SETTING_NAMES[field])
     return account
@@ -216,14 +220,27 @@ def _account(name: str, table: dict[str, Any], settings: Settings, environ: Mapp
     late = table.get("late_replies", True)
     if not isinstance(late, bool):
         raise InvalidConfigError(f"{where}.late_replies must be true or false")
+    late_path = text("late_path")
+    if late_path not in ("", "api", "pickup"):
+        raise InvalidConfigError(f"{where}.late_path must be api or pickup, not {late_path!r}")
+    secret = text("secret") or None
+    pickup_text = text("pickup_text", settings.pickup_text)
+    if not pickup_text:
+        raise InvalidConfigError(f"{where}.pickup_text must not be empty: WeChat shows no empty text")
     account = Account(
         name, kind, text("token"), aes_key, text("aes_key_previous") or None, appid,
-        agentid if wecom else None, text("secret") or None, text("bot", settings.bot) or settings.bot,
-        frozenset(modes), late, text("redis_url") or settings.redis_url, f"{settings.queue}.{name}",
+        agentid if wecom else None, secret, text("bot", settings.bot) or settings.bot,
+        frozenset(modes), late, _late_path(late_path, secret), pickup_text,
+        text("redis_url") or settings.redis_url, f"{settings.queue}.{name}",
         settings.wecom_api_base if wecom else settings.api_base,
     )  # fmt: skip
     _check_keys(account, lambda field: f"{where}.{field}")
     return account
+
+
+def _late_path(chosen: str, secret: str | None) -> str:
+    """Unless chosen, what the account can do: without its secret there is no API to send with."""
+    return chosen or ("api" if secret else "pickup")
 
 
 def _check_keys(account: Account, named: Any) -> None:

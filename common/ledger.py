@@ -10,7 +10,9 @@ message are serialised by Redis itself:
        └──abandon/due──▶ abandoned ──complete──▶ late               (customer-service API)
 
 `taken` means a relay wrote the reply to WeChat; `late` means the reply is
-owed through the customer-service API, and only the one task that moves it
+owed by the late path: the customer-service API, or, for an account with the
+`pickup` path (or refused the API with 48001), `kept` in the user's pickup
+list for the passive reply to their next message; and only the one task that moves it
 to `sending` may send it. No state leads from `taken` to `late` or back, so
 a reply can never take both paths, and no state leads out of `sending` but
 the outcome of that one send, so a redelivered task can never send again.
@@ -39,11 +41,13 @@ WORKERS_KEY = PREFIX + "workers"
 DUE_KEY = PREFIX + "due"
 
 PENDING, DONE, TAKEN, ABANDONED, LATE, MISSING = "pending", "done", "taken", "abandoned", "late", "missing"
-SENDING, SENT, REFUSED, FAILED, SILENT = "sending", "sent", "refused", "failed", "silent"
+SENDING, SENT, REFUSED, FAILED, SILENT, KEPT = "sending", "sent", "refused", "failed", "silent", "kept"
+# COMPLETE's answer when the user has replies kept for pickup: the caller adds them to this reply (PICKUP).
+PICKUP = "pickup"
 # A message in these states has a reply for WeChat's next delivery.
 REPLY_READY = (DONE, TAKEN)
 # After the first delivery: a late path owns this message, answer `success`.
-GONE_LATE = (ABANDONED, LATE, SENDING, SENT, REFUSED, FAILED, SILENT)
+GONE_LATE = (ABANDONED, LATE, SENDING, SENT, REFUSED, FAILED, SILENT, KEPT)
 # A redelivered task may run the handler only while no reply was stored.
 MAY_RUN = (PENDING, ABANDONED, MISSING)
 # How long a reply owed late may wait for its task before the sweep offers
@@ -86,6 +90,11 @@ def record_key(dedupe_key: str) -> str:
 
 def session_key(openid: str, account: str = _DEFAULT_ACCOUNT) -> str:
     return f"{PREFIX}session:{message_key(account, openid)}"
+
+
+def pickup_key(account: str, openid: str) -> str:
+    """The replies kept for a user's next message, oldest first (`pickup` late path)."""
+    return f"{PREFIX}pickup:{message_key(account, openid)}"
 
 
 def stats_key(account: str) -> str:
@@ -168,15 +177,18 @@ if state == false then return 'missing' end
 return state
 """
 
-# KEYS: record, due. ARGV: reply, customer-service payload, channel, notice, ttl, dedupe key.
-# The notice goes to the channel the record names (its relay's), else to ARGV's (every relay's).
+# KEYS: record, due, the user's pickup list. ARGV: reply, customer-service payload, channel, notice, ttl,
+# dedupe key. The notice goes to the channel the record names (its relay's), else to ARGV's (every relay's).
 # Returns `done` (a delivery may take it), `late` (the caller owns the late
-# send and must queue it), `silent`, or `already:<state>` when another run
-# of the same message got here first: that run owns the reply.
+# send and must queue it), `silent`, `pickup` (a delivery waits and the user
+# has replies kept: nothing is stored, the caller adds them to this reply and
+# stores it with PICKUP), or `already:<state>` when another run of the same
+# message got here first: that run owns the reply.
 COMPLETE = _with_constants(
     _NOW
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'pending' and redis.call('EXISTS', KEYS[3]) == 1 then return 'pickup' end
 if state == 'pending' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'reply', ARGV[1], 'cs', ARGV[2])
   redis.call('HDEL', KEYS[1], 'task', 'tag')
@@ -198,6 +210,40 @@ if state == 'abandoned' or state == false then
   return 'late'
 end
 return 'already:' .. state
+"""
+)
+
+# KEYS: record, due, the user's pickup list. ARGV: reply (with the kept replies it carries), its
+# customer-service payload, channel, notice, ttl, dedupe key, pickup ttl, then the first entries of the
+# list that reply carries, and an entry to keep for this message's own reply when it did not fit in.
+# COMPLETE for a user with replies kept: in one step they leave the list and
+# go out in this message's reply — only if they are still the first entries
+# (a concurrent message of the same user may have taken them: `retry`) and a
+# delivery still waits. Otherwise it is COMPLETE for this message's reply
+# alone, and the kept replies wait for the next message.
+PICKUP_COMPLETE = (
+    """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'pending' then return 'not-pending' end
+local carried = #ARGV - 8
+if carried > 0 then
+  local head = redis.call('LRANGE', KEYS[3], 0, carried - 1)
+  if #head ~= carried then return 'retry' end
+  for i = 1, carried do
+    if head[i] ~= ARGV[7 + i] then return 'retry' end
+  end
+  redis.call('LTRIM', KEYS[3], carried, -1)
+  -- Should no delivery take it after all, the late path keeps it first in line (it holds the oldest).
+  redis.call('HSET', KEYS[1], 'front', 1)
+end
+if ARGV[#ARGV] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[#ARGV])
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+redis.call('HSET', KEYS[1], 'state', 'done', 'reply', ARGV[1], 'cs', ARGV[2])
+redis.call('HDEL', KEYS[1], 'task', 'tag')
+redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'reply_to') or ARGV[3], ARGV[4])
+return 'done'
 """
 )
 
@@ -311,6 +357,27 @@ if found[1] == 'late' then
   return {'late', found[2] or ''}
 end
 return {found[1] or 'missing', ''}
+"""
+
+# KEYS: record, due, the user's pickup list. ARGV: pickup ttl, settled ttl, dedupe key.
+# The late path of the `pickup` accounts, and of a send the API refused for
+# want of permission (48001, from `sending`): the reply is kept for the
+# user's next message instead, once — only a reply still owed is kept.
+KEEP = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'late' and state ~= 'sending' then return state or 'missing' end
+local found = redis.call('HMGET', KEYS[1], 'cs', 'front')
+if found[2] then
+  redis.call('LPUSH', KEYS[3], found[1])
+else
+  redis.call('RPUSH', KEYS[3], found[1])
+end
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'kept')
+redis.call('HDEL', KEYS[1], 'cs', 'reply')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 'kept'
 """
 
 # KEYS: record, due. ARGV: outcome (sent | refused | failed | retry), errcode,

@@ -50,6 +50,18 @@ def _bool(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _text(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _late_path(value: str) -> str:
+    if value not in ("", "api", "pickup"):
+        raise ValueError("must be api or pickup (empty: api with WECHAT_APPSECRET, else pickup)")
+    return value
+
+
 def _sources(value: str) -> tuple[str, ...]:
     """Addresses, networks, and `wechat` for WeChat's published callback addresses."""
     entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
@@ -177,6 +189,22 @@ SETTINGS: dict[str, Setting] = {
         "A worker renews its hold on each message it runs; a dead worker's messages run again this long after (s).",
     ),
     "session_ttl": Setting("WXRELAY_SESSION_TTL", "86400", _positive_int, "Idle lifetime of `msg.session` (s)."),
+    "late_path": Setting(
+        "WXRELAY_LATE_PATH",
+        "",
+        _late_path,
+        "How a reply that missed every delivery reaches the user: `api` (customer-service API) or `pickup` (kept "
+        "for the user's next message); empty = `api` with WECHAT_APPSECRET, else `pickup`.",
+    ),
+    "pickup_text": Setting(
+        "WXRELAY_PICKUP_TEXT",
+        "正在思考，稍后发送任意消息获取回复",
+        _text,
+        "`pickup`: what the last delivery answers while the reply is not ready (every account's default).",
+    ),
+    "pickup_ttl": Setting(
+        "WXRELAY_PICKUP_TTL", "172800", _positive_int, "`pickup`: how long kept replies wait for the user (s)."
+    ),
     "queue": Setting("WXRELAY_QUEUE", "wxrelay", str, "Celery queue of the message task."),
     "task_soft_time_limit": Setting("WXRELAY_TASK_SOFT_TIME_LIMIT", "60", _positive_int, "Handler soft limit (s)."),
     "task_time_limit": Setting("WXRELAY_TASK_TIME_LIMIT", "90", _positive_int, "Handler hard limit (s)."),
@@ -245,6 +273,9 @@ class Settings:
     spool_dir: str
     lease: int
     session_ttl: int
+    late_path: str
+    pickup_text: str
+    pickup_ttl: int
     queue: str
     task_soft_time_limit: int
     task_time_limit: int

@@ -19,10 +19,13 @@ from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
 from relay.routes import Route
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError
 from wechat.parser import dedupe_key, parse_xml
+from wechat.replies import Text
 from wechat.signature import check_signature
 
 log = logging.getLogger("wxrelay.relay")
 T = TypeVar("T")
+# How a delivery ends when its message's reply will go by the late path (relay/dispatch.py's Outcome.how).
+LATE_OUTCOMES = ("success", "late", "spooled")
 
 
 class Rejected(Exception):
@@ -164,7 +167,15 @@ class CallbackHandler(RelayHandler):
         if outcome.reply is None:
             return
         REPLY_SECONDS.labels(account).observe(time.monotonic() - started)
-        self.answer(outcome.reply, aes_key)
+        reply = outcome.reply
+        if not reply and outcome.how in LATE_OUTCOMES and self.route.account.late_path == "pickup":
+            reply = self.pickup_notice()
+        self.answer(reply, aes_key)
+
+    def pickup_notice(self) -> str:
+        """The reply will be kept for the user's next message: tell them to send one."""
+        user, account_id = str(self.fields.get("FromUserName", "")), str(self.fields.get("ToUserName", ""))
+        return Text(self.route.account.pickup_text).render(user, account_id)
 
     async def first_use_of_signature(self) -> bool:
         """Plaintext's signature does not cover the body: one signature, one body."""

@@ -96,6 +96,8 @@ def test_the_default_and_the_file_together(tmp_path):
         ('[accounts.shop]\ntoken = "abcdef"\nagentid = 5\n', "an official account has no agentid"),
         ('[accounts.shop]\ntoken = "abcdef"\ncorpid = "ww1"\n', "has no corpid; use appid"),
         ('[accounts.shop]\ntoken = "abcdef"\nlate_replies = "yes"\n', "late_replies must be true or false"),
+        ('[accounts.shop]\ntoken = "abcdef"\nlate_path = "mail"\n', "shop.late_path must be api or pickup, not 'mail'"),
+        ('[accounts.shop]\ntoken = "abcdef"\npickup_text = ""\n', "shop.pickup_text must not be empty"),
         (f'[accounts.hr]\nkind = "wecom"\ntoken = "abcdef"\naes_key = "{AES_KEY}"\n', "hr.corpid is required"),
         (
             f'[accounts.hr]\nkind = "wecom"\ntoken = "abcdef"\naes_key = "{AES_KEY}"\ncorpid = "ww1"\n',
@@ -160,4 +162,7 @@ def test_the_readmes_accounts_file_loads_as_it_says(tmp_path):
         ("staff", WECOM, "/wechat/staff"),
     ]
     assert found["shop"].modes == {"safe"} and found["staff"].agentid == 1000002
-    assert found["news"].late_replies is False and found["news"].redis_url == "redis://127.0.0.1:6400/0"
+    assert (found["news"].late_path, found["news"].pickup_text) == ("pickup", "稍等，发送任意消息查看回复")
+    assert found["news"].redis_url == "redis://127.0.0.1:6400/0"
+    # Without a choice, the path is what the account can do: the API with a secret.
+    assert (found["shop"].late_path, found["staff"].late_path) == ("api", "api")

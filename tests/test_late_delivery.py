@@ -45,12 +45,12 @@ def test_a_busy_wechat_is_tried_again_until_the_reply_goes_once(wechat, redis_se
 def test_a_refusal_is_recorded_once_and_not_retried(wechat, redis_server, wechat_api):
     user = f"o_refused_{new_msg_id()}"
     refused = stat(redis_server, "late_refused")
-    wechat_api.fail_next(48001)
+    wechat_api.fail_next(45015)  # out of the 48-hour window (48001 goes by pickup)
     msg_id = late_message(wechat, user)
     record = f"wxrelay:msg:msg:{msg_id}"
     wait_until(lambda: redis_server.client().hget(record, "state") == b"refused", SLOW + 15, "the refusal recorded")
-    assert redis_server.client().hget(record, "errcode") == b"48001"
-    assert attempts_to(wechat_api, user) == [48001]
+    assert redis_server.client().hget(record, "errcode") == b"45015"
+    assert attempts_to(wechat_api, user) == [45015]
     assert stat(redis_server, "late_refused") == refused + 1
     assert redis_server.client().zscore("wxrelay:due", f"msg:{msg_id}") is None
 

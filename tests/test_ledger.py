@@ -27,6 +27,7 @@ class Ledger:
         # A due set of its own: the suite's workers sweep the real one.
         self.due_key = f"{self.key}:due"
         self.task = f"task of {self.key}"
+        self.pickup = f"{self.key}:pickup"
 
     def run(self, source: str, keys: list[str], args: list[object]) -> object:
         result = self.client.register_script(source)(keys=keys, args=args)
@@ -39,7 +40,20 @@ class Ledger:
 
     def complete(self, reply: str = "<xml/>", cs: str = '{"touser": "u"}') -> str:
         args = [reply, cs, "test:channel", "notice", TTL, self.key]
-        return self.run(ledger.COMPLETE, [self.record, self.due_key], args)  # type: ignore[return-value]
+        return self.run(ledger.COMPLETE, [self.record, self.due_key, self.pickup], args)  # type: ignore[return-value]
+
+    def complete_carrying(self, reply: str, entries: list[str], leftover: str = "") -> str:
+        args = [reply, '{"touser": "u"}', "test:channel", "notice", TTL, self.key, TTL, *entries, leftover]
+        keys = [self.record, self.due_key, self.pickup]
+        return self.run(ledger.PICKUP_COMPLETE, keys, args)  # type: ignore[return-value]
+
+    def keep(self) -> str:
+        keys = [self.record, self.due_key, self.pickup]
+        return self.run(ledger.KEEP, keys, [TTL, SETTLED, self.key])  # type: ignore[return-value]
+
+    @property
+    def kept(self) -> list[str]:
+        return [entry.decode() for entry in self.client.lrange(self.pickup, 0, -1)]
 
     def take(self) -> str:
         return self.run(ledger.TAKE, [self.record, self.due_key], [SETTLED, self.key])  # type: ignore[return-value]
@@ -241,3 +255,35 @@ def test_the_notice_goes_to_the_relay_of_the_latest_delivery_or_else_to_every_re
             got.append(message["channel"].decode())
     pubsub.close()
     assert got == [f"{book.key}:relay-b", "test:channel"]
+
+
+def test_a_late_reply_is_kept_once_for_the_next_message_which_carries_it_once(book):
+    book.claim()
+    book.abandon()
+    assert book.complete(cs="first") == ledger.LATE
+    assert [book.keep(), book.keep()] == [ledger.KEPT, ledger.KEPT]  # a second task keeps nothing more
+    assert book.kept == ["first"] and book.state == ledger.KEPT
+    assert book.client.ttl(book.pickup) > 0
+
+    # The user's next message: COMPLETE stores nothing while replies are kept; the caller carries them.
+    nxt = Ledger(book.client)
+    nxt.pickup = book.pickup
+    nxt.claim()
+    assert nxt.complete() == ledger.PICKUP and nxt.state == ledger.PENDING
+    assert nxt.complete_carrying("<both/>", ["stale"]) == "retry"  # another message took them first
+    assert nxt.complete_carrying("<both/>", ["first"], leftover="own") == ledger.DONE
+    assert book.kept == ["own"] and nxt.state == ledger.DONE
+
+    # No delivery took it after all: the late path keeps it first in line, before the leftover.
+    nxt.make_due()
+    assert nxt.sweep() == [nxt.key]
+    assert nxt.keep() == ledger.KEPT and book.kept == ['{"touser": "u"}', "own"]
+
+
+def test_a_reply_carrying_kept_ones_is_stored_only_while_a_delivery_waits(book):
+    book.client.rpush(book.pickup, "old")
+    book.claim()
+    book.abandon()
+    assert book.complete_carrying("<both/>", ["old"]) == "not-pending"
+    assert book.kept == ["old"] and book.complete() == ledger.LATE  # alone, by the late path
+    assert book.keep() == ledger.KEPT and book.kept == ["old", '{"touser": "u"}']

@@ -233,3 +233,30 @@ def coerce_reply(value: Reply | str | None) -> Reply | None:
     if isinstance(value, str):
         return Text(value)
     raise ReplyError(f"cannot reply with {type(value).__name__}; use a Reply, str or None")
+
+
+def from_customer_service(payload: dict[str, Any]) -> Reply:
+    """The reply a customer-service payload (`Reply.to_customer_service`) carries: a reply kept for the
+    user's next message goes out passively after all. Raises ReplyError for a payload no reply makes."""
+    kind = payload.get("msgtype")
+    body = payload.get(kind) if isinstance(kind, str) else None
+    if not isinstance(body, dict):
+        raise ReplyError(f"not a reply's customer-service payload: msgtype {kind!r}")
+    if kind == "text":
+        return Text(body["content"])
+    if kind in ("image", "voice"):
+        return (Image if kind == "image" else Voice)(body["media_id"])
+    if kind == "video":
+        title, description = body.get("title", ""), body.get("description", "")
+        return Video(body["media_id"], title, description, body.get("thumb_media_id", ""))
+    if kind == "music":
+        return Music(
+            body.get("title", ""), body.get("description", ""), body.get("musicurl", ""),
+            body.get("hqmusicurl", ""), body.get("thumb_media_id", ""),
+        )  # fmt: skip
+    if kind == "news":
+        return News([
+            Article(item["title"], item.get("description", ""), item.get("picurl", ""), item.get("url", ""))
+            for item in body["articles"]
+        ])
+    raise ReplyError(f"no passive reply of type {kind!r}")

@@ -18,7 +18,7 @@ RELEASE_KEY = "test:accounts:release"
 def _named(name: str) -> Bot:
     bot = Bot()
 
-    @bot.text(re.compile(r"^slow (\d+(?:\.\d+)?)$"))
+    @bot.text(re.compile(r"^slow (\d+(?:\.\d+)?)( .*)?$"))
     def slow(msg):
         time.sleep(float(msg.content.split()[1]))
         return f"{name} bot: {msg.content}"
