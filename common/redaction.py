@@ -1,10 +1,10 @@
 """No secret in a log line: a filter on every handler of a process masks them.
 
 The configured secrets (Token, EncodingAESKeys, AppSecret, the Redis
-passwords) are masked wherever they appear, in messages and tracebacks
-alike; so is the value of any query parameter or URL part that carries one
-(access_token=, secret=, a Redis URL's password): access_tokens change every
-two hours and are caught by where they stand, not by value. It is the last
+passwords, the AI example bot's API key) are masked wherever they appear, in
+messages and tracebacks alike; so is the value of any query parameter or URL
+part that carries one (access_token=, secret=, a Redis URL's password):
+access_tokens change every two hours and are caught by where they stand, not by value. It is the last
 line of defence — the code never logs a secret on purpose — so it must hold
 for a library's line too (httpx logs request URLs, with the query string).
 """
@@ -27,7 +27,7 @@ _SHORTEST = 6
 
 
 def secrets_of(settings: Settings, accounts: Accounts | None = None) -> list[str]:
-    values = [settings.token, settings.aes_key, settings.aes_key_previous, settings.appsecret]
+    values = [settings.token, settings.aes_key, settings.aes_key_previous, settings.appsecret, settings.ai_api_key]
     values.append(settings.redis_admin_password)
     values.append(unquote(urlsplit(settings.redis_url).password or ""))
     for account in (accounts or {}).values():

@@ -165,6 +165,14 @@ SETTINGS: dict[str, Setting] = {
         "Where nginx connects to the relays from: only from these is X-Real-IP believed.",
     ),
     "bot": Setting("WXRELAY_BOT", "appserver.example_bot:bot", str, "The bot: module:attribute or file.py:attribute."),
+    "ai_base_url": Setting(
+        "WXRELAY_AI_BASE_URL",
+        "",
+        str,
+        "The AI example bot (appserver.examples.ai_chat): an OpenAI-compatible API, e.g. https://api.openai.com/v1.",
+    ),
+    "ai_api_key": Setting("WXRELAY_AI_API_KEY", "", _optional, "Its API key, sent as a bearer token; empty = none."),
+    "ai_model": Setting("WXRELAY_AI_MODEL", "gpt-4o-mini", str, "The model it asks."),
     "wechat_timeout": Setting("WXRELAY_WECHAT_TIMEOUT", "5.0", _float, "How long WeChat waits per delivery (s)."),
     "reply_budget": Setting("WXRELAY_REPLY_BUDGET", "4.5", _float, "Wait on the last delivery before `success` (s)."),
     "deliveries": Setting("WXRELAY_DELIVERIES", "3", _positive_int, "Deliveries WeChat makes of one message."),
@@ -263,6 +271,9 @@ class Settings:
     allowed_sources: tuple[str, ...]
     trusted_proxies: tuple[str, ...]
     bot: str
+    ai_base_url: str
+    ai_api_key: str | None
+    ai_model: str
     wechat_timeout: float
     reply_budget: float
     deliveries: int

@@ -38,10 +38,12 @@ def test_configured_secrets_are_masked_in_messages_arguments_and_tracebacks():
             "WECHAT_APPSECRET": "the-app-secret-1",
             "WXRELAY_REDIS_URL": "redis://wxrelay:redis-pass-77@10.0.0.5:6379/0",
             "WXRELAY_REDIS_ADMIN_PASSWORD": "admin-pass-88",
+            "WXRELAY_AI_API_KEY": "sk-model-key-42",
         },
         env_file=None,
     )
-    assert set(secrets_of(settings)) == {"tok3nValue9", AES_KEY, "the-app-secret-1", "redis-pass-77", "admin-pass-88"}
+    configured = {"tok3nValue9", AES_KEY, "the-app-secret-1", "redis-pass-77", "admin-pass-88", "sk-model-key-42"}
+    assert set(secrets_of(settings)) == configured
     redactor = Redactor(secrets_of(settings))
 
     def emit(logger: logging.Logger) -> None:
