@@ -36,7 +36,9 @@ _AWAITS_APART = settings.worker_pool == "threads"
 
 @cache
 def _bot(spec: str) -> Bot:
-    return load_bot(spec)
+    bot = load_bot(spec)
+    bot.accounts = tuple(name for name in serving.names if serving.accounts[name].bot == spec)
+    return bot
 
 
 @cache
