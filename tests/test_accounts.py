@@ -96,6 +96,8 @@ def test_the_default_and_the_file_together(tmp_path):
         ('[accounts.shop]\ntoken = "abcdef"\nagentid = 5\n', "an official account has no agentid"),
         ('[accounts.shop]\ntoken = "abcdef"\ncorpid = "ww1"\n', "has no corpid; use appid"),
         ('[accounts.shop]\ntoken = "abcdef"\nlate_replies = "yes"\n', "late_replies must be true or false"),
+        ('[accounts.shop]\ntoken = "abcdef"\nsecret = "s3cret"\ntyping = 1\n', "shop.typing must be true or false"),
+        ('[accounts.shop]\ntoken = "abcdef"\ntyping = true\n', "typing must be true or false, and true needs"),
         (f'[accounts.hr]\nkind = "wecom"\ntoken = "abcdef"\naes_key = "{AES_KEY}"\n', "hr.corpid is required"),
         (
             f'[accounts.hr]\nkind = "wecom"\ntoken = "abcdef"\naes_key = "{AES_KEY}"\ncorpid = "ww1"\n',
@@ -161,3 +163,4 @@ def test_the_readmes_accounts_file_loads_as_it_says(tmp_path):
     ]
     assert found["shop"].modes == {"safe"} and found["staff"].agentid == 1000002
     assert found["news"].late_replies is False and found["news"].redis_url == "redis://127.0.0.1:6400/0"
+    assert (found["shop"].typing, found["news"].typing, found["staff"].typing) == (True, False, False)
