@@ -11,7 +11,8 @@ out one token per AppID until it expires, a new one only when forced, and a
 forced refresh ends the one before, as WeChat's does. WeCom's gettoken hands
 out one token per app (CorpID and Secret) until it expires, as WeCom's does.
 Every token knows its owner (an AppID, or `corpid:agentid`), and so does
-every send made with it. Every call to the API is counted by endpoint (`calls`).
+every send made with it. Calls to cgi-bin/token and to the endpoints bots use
+(user/info, template and typing, media, the menu) are counted (`calls`).
 """
 
 from __future__ import annotations
@@ -252,8 +253,8 @@ class FakeWeChatAPI:
             self._changed.notify_all()
 
     def hold_calls(self) -> None:
-        """Make calls to the endpoints `calls` counts wait until `release_calls()`, before their token
-        is looked at: callers pile up on the token they hold, to be answered at once."""
+        """Make calls to the endpoints bots use wait until `release_calls()`, before their token is
+        looked at: callers pile up on the token they hold, to be answered at once."""
         with self._changed:
             self._calls_held = True
 

@@ -94,7 +94,9 @@ def test_typing_stuck_on_its_token_never_delays_the_reply(stack, wechat_api, red
     wechat_api.hold_tokens()
     result = stack.say("typer", f"slow {SLOW}", openid)
     assert (result.delivery, result.text) == (2, f"slow reply to slow {SLOW}")
-    assert wechat_api.token_requests_waiting == 1 and typing_to(wechat_api, openid) == []
+    # The typing send began within the first delivery's end and the reply's, and is still stuck.
+    wechat_api.wait_for(lambda api: api.token_requests_waiting == 1, timeout=5)
+    assert typing_to(wechat_api, openid) == []
     wechat_api.release_tokens()
     wechat_api.wait_for(lambda api: typing_to(api, openid), timeout=5)
 
