@@ -4,6 +4,10 @@ An account with `typing = true` (and the customer-service API) has each
 handler watched from its start: if it still runs once WeChat's first delivery
 has surely ended (a delivery lasts WXRELAY_WECHAT_TIMEOUT, and it began
 before the handler did), the user is sent WeChat's `Typing` command, once.
+Timed from the handler's start, not the delivery's (the task carries no
+time of its own, and the relay stays as it is): a message that waited in a
+queue shows it later than it could, never for a reply in time for the first
+delivery.
 
 WeChat's rules for it (客服输入状态): it shows for 15 s and may not be sent
 again while it shows (45081), only within 30 s of the user's last message
