@@ -18,6 +18,7 @@ import time
 import httpx
 import redis
 
+from common.accounts import WECOM, Account
 from common.ledger import PREFIX
 
 log = logging.getLogger("wxrelay.access_token")
@@ -28,6 +29,8 @@ REFUSED_SECONDS = 600
 # minutes after a refresh, so in-flight sends are never cut off.
 EARLY = 300
 LOCK_SECONDS = 10
+# What WeChat (and WeCom) answer a call made with a token they no longer take.
+TOKEN_INVALID = frozenset({40001, 40014, 42001})
 
 # Drop the cached token only if it is still the one that failed, so a burst of
 # failures triggers one refresh, not one per sender.
@@ -62,6 +65,11 @@ class AccessTokens:
         self._key = token_key(appid)
         self._lock_key = self._key + ":lock"
         self._refused_key = self._key + ":refused"
+
+    @property
+    def key(self) -> str:
+        """Where the token is kept: a caller on an event loop reads it there without blocking."""
+        return self._key
 
     def get(self) -> str:
         deadline = time.monotonic() + LOCK_SECONDS + 5
@@ -110,6 +118,16 @@ class WeComTokens(AccessTokens):
     def _request_token(self, force: bool) -> tuple[str, int]:
         # gettoken cannot be forced: it hands back the token still valid, and a new one once that expires.
         return _token_of(self._http.get(self._url, params=self._query).json())
+
+
+def owner_of(account: Account, client: redis.Redis, http: httpx.Client) -> AccessTokens | None:
+    """The owner of an account's token, on the account's Redis; None without the secret that fetches it."""
+    api = account.api_base.rstrip("/")
+    if account.kind == WECOM:
+        if account.secret and account.agentid:
+            return WeComTokens(client, http, api, account.appid, account.agentid, account.secret)
+        return None
+    return AccessTokens(client, http, api, account.appid, account.secret) if account.secret else None
 
 
 def _token_of(answer: dict[str, object]) -> tuple[str, int]:

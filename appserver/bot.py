@@ -6,8 +6,10 @@ import re
 from collections.abc import Callable
 from typing import overload
 
-from appserver import routing
+from appserver import routing, wechat_api
+from appserver.app import serving
 from appserver.routing import Handler, Matcher, Route
+from appserver.wechat_api import WeChatAPI
 from wechat.messages import BaseMessage
 
 Decorator = Callable[[Handler], Handler]
@@ -23,6 +25,20 @@ class Bot:
     def __init__(self) -> None:
         self.routes: list[Route] = []
         self.fallback_handler: Handler | None = None
+        # The accounts whose messages it answers, set by the worker that loads it (appserver/tasks.py).
+        self.accounts: tuple[str, ...] = ()
+
+    @property
+    def api(self) -> WeChatAPI:
+        """WeChat's API of the account this bot serves (outside a worker: of the appliance's only account)."""
+        names = self.accounts or tuple(serving.accounts)
+        if len(names) != 1:
+            raise LookupError(f"this bot serves {len(names)} accounts {names}: use bot.api_for(name), or msg.api")
+        return wechat_api.api_for(names[0])
+
+    def api_for(self, account: str) -> WeChatAPI:
+        """WeChat's API of one of the appliance's accounts, by its name (`default`: the WECHAT_* one)."""
+        return wechat_api.api_for(account)
 
     def route(self, matches: Matcher) -> Decorator:
         def register(handler: Handler) -> Handler:

@@ -11,13 +11,12 @@ from typing import Any
 import httpx
 import redis
 
-from appserver.access_token import AccessTokens, TokenError, WeComTokens
+from appserver.access_token import TOKEN_INVALID, TokenError, owner_of
 from common.accounts import WECOM, Account
 from common.ledger import stats_key
 
 log = logging.getLogger("wxrelay.customer_service")
 
-TOKEN_INVALID = {40001, 40014, 42001}
 # WeChat's "system busy, try again"; every other errcode is a refusal that
 # no retry will change (45015 out of the 48-hour window, 48001 no
 # permission, 45047 quota...).
@@ -39,16 +38,9 @@ class CustomerService:
         self._stats = stats_key(account.name)
         self._http = httpx.Client(timeout=10.0)
         api = account.api_base.rstrip("/")
-        self._tokens: AccessTokens | None = None
+        self._tokens = owner_of(account, client, self._http)
         self._agentid = account.agentid
-        if account.kind == WECOM:
-            self._url = f"{api}/cgi-bin/message/send"
-            if account.secret and account.agentid:
-                self._tokens = WeComTokens(client, self._http, api, account.appid, account.agentid, account.secret)
-        else:
-            self._url = f"{api}/cgi-bin/message/custom/send"
-            if account.secret:
-                self._tokens = AccessTokens(client, self._http, api, account.appid, account.secret)
+        self._url = f"{api}/cgi-bin/message/send" if account.kind == WECOM else f"{api}/cgi-bin/message/custom/send"
 
     @property
     def configured(self) -> bool:

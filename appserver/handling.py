@@ -5,14 +5,14 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from appserver import coroutines
+from appserver import coroutines, wechat_api
 from appserver.bot import Bot
 from appserver.routing import Handler
 from appserver.session import Session
@@ -90,16 +90,22 @@ def begin(
     time_limit: float,
     hard_time_limit: float | None = None,
     account: str = DEFAULT,
+    started: Callable[[BaseMessage], None] | None = None,
 ) -> Answer | Awaiting:
-    """`handle`, but an async handler's awaitable is returned, to be awaited wherever the caller likes."""
+    """`handle`, but an async handler's awaitable is returned, to be awaited wherever the caller likes.
+
+    `started` is told the message just before its handler runs."""
     msg = parse_message(xml)
     lock_ttl = hard_time_limit if hard_time_limit is not None else time_limit * 1.5
     session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit, account=account)
     msg.session = session  # type: ignore[attr-defined]
+    msg.api = wechat_api.api_for(account)  # type: ignore[attr-defined]
     handler = bot.find_handler(msg)
     if handler is None:
         return Answer.none(msg)
     run = _Run(msg, handler, session, account)
+    if started is not None:
+        started(msg)
     try:
         result = handler(msg)
     except Exception:

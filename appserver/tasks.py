@@ -11,7 +11,7 @@ from celery import Task
 from celery.app.task import Context
 from redis.commands.core import Script
 
-from appserver import awaiting, pickup
+from appserver import awaiting, pickup, typing_indicator
 from appserver.access_token import TokenError
 from appserver.app import app, serving, settings
 from appserver.bot import Bot
@@ -38,7 +38,9 @@ _AWAITS_APART = settings.worker_pool == "threads"
 
 @cache
 def _bot(spec: str) -> Bot:
-    return load_bot(spec)
+    bot = load_bot(spec)
+    bot.accounts = tuple(name for name in serving.names if serving.accounts[name].bot == spec)
+    return bot
 
 
 @cache
@@ -88,17 +90,22 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
         # Removed from the accounts file while its message waited: settled with no reply, not run.
         log.error("message %s: its account is not configured any more; not run", dedupe_key)
         return _settle(dedupe_key, record, account, Answer.none())
+    watch = typing_indicator.Watch(account.name) if account.typing else None
     answer = begin(
         xml, _bot(account.bot), client(), settings.session_ttl, settings.task_soft_time_limit,
-        settings.task_time_limit, account=account.name,
+        settings.task_time_limit, account=account.name, started=watch.start if watch else None,
     )  # fmt: skip
     if isinstance(answer, Awaiting):
         outcome = start(answer, settings.task_soft_time_limit)
+        if watch:
+            outcome.add_done_callback(lambda _: watch.stop())
         if not _AWAITS_APART:
             return _settle(dedupe_key, record, account, answer.finish(outcome))
         queue = (self.request.delivery_info or {}).get("routing_key") or account.queue
         awaiting.hold(outcome, queue, lambda: _settle(dedupe_key, record, account, answer.finish(outcome)))
         return ""
+    if watch:
+        watch.stop()
     return _settle(dedupe_key, record, account, answer)
 
 

@@ -39,7 +39,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FIELDS = {
     "kind", "token", "aes_key", "aes_key_previous", "appid", "corpid", "agentid", "secret",
-    "bot", "modes", "late_replies", "late_path", "pickup_text", "redis_url",
+    "bot", "modes", "late_replies", "late_path", "pickup_text", "redis_url", "typing",
 }  # fmt: skip
 _SECRETS = ("token", "aes_key", "aes_key_previous", "secret", "redis_url")
 
@@ -65,6 +65,8 @@ class Account:
     redis_url: str
     queue: str
     api_base: str
+    # WeChat's "typing…" once a reply has missed the first delivery (appserver/typing_indicator.py).
+    typing: bool = False
 
     @property
     def path(self) -> str:
@@ -227,12 +229,15 @@ def _account(name: str, table: dict[str, Any], settings: Settings, environ: Mapp
     pickup_text = text("pickup_text", settings.pickup_text)
     if not pickup_text:
         raise InvalidConfigError(f"{where}.pickup_text must not be empty: WeChat shows no empty text")
+    typing = table.get("typing", False)
+    if typing is not False and (typing is not True or wecom or not secret):
+        raise InvalidConfigError(f"{where}.typing must be true or false, and true needs an official account's secret")
     account = Account(
         name, kind, text("token"), aes_key, text("aes_key_previous") or None, appid,
         agentid if wecom else None, secret, text("bot", settings.bot) or settings.bot,
         frozenset(modes), late, _late_path(late_path, secret), pickup_text,
         text("redis_url") or settings.redis_url, f"{settings.queue}.{name}",
-        settings.wecom_api_base if wecom else settings.api_base,
+        settings.wecom_api_base if wecom else settings.api_base, typing,
     )  # fmt: skip
     _check_keys(account, lambda field: f"{where}.{field}")
     return account

@@ -1,5 +1,6 @@
 """The simulator's stand-in for WeChat's API servers (access_token and stable_token, customer-service
-send, callback addresses) and WeCom's (gettoken, message/send), for any number of accounts and apps.
+send and typing, callback addresses, user info, template messages, temporary media, the menu) and
+WeCom's (gettoken, message/send), for any number of accounts and apps.
 
 WeChat's servers are outside the machine, so this is the one fake the test
 suite allows; the fault rehearsal (`make chaos`) counts late replies with it
@@ -10,7 +11,8 @@ out one token per AppID until it expires, a new one only when forced, and a
 forced refresh ends the one before, as WeChat's does. WeCom's gettoken hands
 out one token per app (CorpID and Secret) until it expires, as WeCom's does.
 Every token knows its owner (an AppID, or `corpid:agentid`), and so does
-every send made with it.
+every send made with it. Calls to cgi-bin/token and to the endpoints bots use
+(user/info, template and typing, media, the menu) are counted (`calls`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import json
 import secrets
 import socket
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,20 +35,27 @@ ERRMSG = {
     0: "ok",
     40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
+    40003: "invalid openid",
+    40004: "invalid media type",
+    40007: "invalid media_id",
     40013: "invalid appid",
     40014: "invalid access_token",
     40056: "invalid agentid",
     40125: "invalid appsecret",
     41001: "access_token missing",
+    41005: "media data missing",
     42001: "access_token expired",
     44002: "empty post data",
     45015: "response out of time limit or subscription is canceled",
     45047: "out of response count limit",
+    45072: "command field invalid",
+    46003: "menu no exist",
     47001: "data format error",
     48001: "api unauthorized",
 }
 # The errcode a dropped send is recorded with: the connection closed unanswered.
 DROPPED = -2
+MEDIA_TYPES = ("image", "voice", "video", "thumb")
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,14 @@ class FakeWeChatAPI:
         # What getcallbackip lists: loopback, where the tests' WeChat calls from.
         self._callback_ips: list[str] = ["127.0.0.1"]
         self._callback_ip_requests = 0
+        # The other endpoints: every call by path, and what the accepted ones left behind.
+        self._calls: Counter[str] = Counter()
+        self._calls_held = False
+        self._calls_waiting = 0
+        self._typing: list[tuple[str, dict[str, Any]]] = []
+        self._templates: list[dict[str, Any]] = []
+        self._media: dict[str, tuple[str, bytes]] = {}
+        self._menus: dict[str, dict[str, Any]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -111,6 +130,7 @@ class FakeWeChatAPI:
             return
         # A held request would otherwise keep its client waiting forever.
         self.release_tokens()
+        self.release_calls()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -171,6 +191,28 @@ class FakeWeChatAPI:
         with self._changed:
             self._callback_ips = list(ip_list)
 
+    def calls(self, endpoint: str) -> int:
+        """Calls to one endpoint (`user/info`, `message/custom/typing`, ...), refused ones included."""
+        with self._changed:
+            return self._calls[endpoint]
+
+    @property
+    def typing_sent(self) -> list[tuple[str, dict[str, Any]]]:
+        """Accepted typing commands: (the owner of the token, the JSON body), in arrival order."""
+        with self._changed:
+            return list(self._typing)
+
+    @property
+    def templates(self) -> list[dict[str, Any]]:
+        """Accepted template messages, in arrival order."""
+        with self._changed:
+            return list(self._templates)
+
+    def menu_of(self, appid: str | None = None) -> dict[str, Any] | None:
+        """The menu an account has now, as created."""
+        with self._changed:
+            return self._menus.get(appid or self.appid)
+
     @property
     def messages(self) -> list[dict[str, Any]]:
         """The JSON payloads of accepted sends, in arrival order."""
@@ -209,6 +251,23 @@ class FakeWeChatAPI:
         with self._changed:
             self._tokens_held = False
             self._changed.notify_all()
+
+    def hold_calls(self) -> None:
+        """Make calls to the endpoints bots use wait until `release_calls()`, before their token is
+        looked at: callers pile up on the token they hold, to be answered at once."""
+        with self._changed:
+            self._calls_held = True
+
+    def release_calls(self) -> None:
+        with self._changed:
+            self._calls_held = False
+            self._changed.notify_all()
+
+    @property
+    def calls_waiting(self) -> int:
+        """Calls blocked right now by `hold_calls()`."""
+        with self._changed:
+            return self._calls_waiting
 
     def drop_next(self, count: int = 1) -> None:
         """Close the next `count` sends' connections unanswered, before any check (recorded as DROPPED)."""
@@ -271,6 +330,8 @@ class FakeWeChatAPI:
         return self._stable[owner]
 
     def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._changed:
+            self._calls["token"] += 1
         self._wait_while_held()
         if query.get("grant_type") != "client_credential":
             return _error(40002)
@@ -328,6 +389,101 @@ class FakeWeChatAPI:
             self._changed.notify_all()
             return {"ip_list": list(self._callback_ips)}
 
+    def _owner_of(self, endpoint: str, query: dict[str, str]) -> tuple[int, str]:
+        """Counts the call, waits while calls are held; its token's errcode (0: valid) and owner (the
+        caller holds the lock, which waiting lets go)."""
+        self._calls[endpoint] += 1
+        self._changed.notify_all()
+        if self._calls_held:
+            self._calls_waiting += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._calls_held)
+            self._calls_waiting -= 1
+            self._changed.notify_all()
+        token = query.get("access_token", "")
+        return self._token_errcode(token), self._owners.get(token, "")
+
+    def user_info(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._changed:
+            errcode, _ = self._owner_of("user/info", query)
+        if errcode:
+            return _error(errcode)
+        openid = query.get("openid", "")
+        if not openid:
+            return _error(40003)
+        return {"subscribe": 1, "openid": openid, "nickname": f"nick-{openid}", "language": query.get("lang", "")}
+
+    def template_send(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
+        with self._changed:
+            errcode, _ = self._owner_of("message/template/send", query)
+            if errcode:
+                return _error(errcode)
+            payload = _json_object(body)
+            if payload is None or not payload.get("touser") or not payload.get("template_id"):
+                return _error(47001)
+            self._templates.append(payload)
+            return {**_error(0), "msgid": len(self._templates)}
+
+    def typing(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
+        with self._changed:
+            errcode, owner = self._owner_of("message/custom/typing", query)
+            if errcode:
+                return _error(errcode)
+            payload = _json_object(body)
+            if payload is None or not payload.get("touser"):
+                return _error(47001)
+            if payload.get("command") not in ("Typing", "CancelTyping"):
+                return _error(45072)
+            self._typing.append((owner, payload))
+            return _error(0)
+
+    def media_upload(self, query: dict[str, str], content_type: str, body: bytes) -> dict[str, Any]:
+        with self._changed:
+            errcode, _ = self._owner_of("media/upload", query)
+        if errcode:
+            return _error(errcode)
+        media_type = query.get("type", "")
+        if media_type not in MEDIA_TYPES:
+            return _error(40004)
+        form = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+        if not form.is_multipart():
+            return _error(47001)
+        parts = [part for part in form.get_payload() if part.get_param("name", header="content-disposition") == "media"]
+        if not parts:
+            return _error(41005)
+        media_id = f"fake_media_{secrets.token_hex(8)}"
+        with self._changed:
+            self._media[media_id] = (parts[0].get_content_type(), parts[0].get_payload(decode=True) or b"")
+        return {"type": media_type, "media_id": media_id, "created_at": int(time.time())}
+
+    def media_get(self, query: dict[str, str]) -> tuple[dict[str, Any] | None, tuple[str, bytes] | None]:
+        """The error, or the file (its type and bytes)."""
+        with self._changed:
+            errcode, _ = self._owner_of("media/get", query)
+            media = self._media.get(query.get("media_id", ""))
+        if errcode or media is None:
+            return _error(errcode or 40007), None
+        return None, media
+
+    def menu(self, action: str, query: dict[str, str], body: bytes = b"") -> dict[str, Any]:
+        """menu/create, menu/get and menu/delete of the token's account."""
+        with self._changed:
+            errcode, owner = self._owner_of(f"menu/{action}", query)
+            if errcode:
+                return _error(errcode)
+            if action == "create":
+                payload = _json_object(body)
+                if payload is None or not isinstance(payload.get("button"), list):
+                    return _error(47001)
+                self._menus[owner] = payload
+            elif action == "delete":
+                self._menus.pop(owner, None)
+            elif owner not in self._menus:
+                return _error(46003)
+            else:
+                return {"menu": self._menus[owner]}
+            return _error(0)
+
     def custom_send(self, query: dict[str, str], body: bytes) -> dict[str, Any] | None:
         """The answer to a send; None: drop the connection unanswered."""
         token = query.get("access_token", "")
@@ -378,6 +534,14 @@ def _error(errcode: int) -> dict[str, Any]:
     return {"errcode": errcode, "errmsg": ERRMSG.get(errcode, "simulated error")}
 
 
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -397,6 +561,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(self.server.api.wecom_token(query))
         elif path == "/cgi-bin/getcallbackip":
             self._answer(self.server.api.callback_ips(query))
+        elif path == "/cgi-bin/user/info":
+            self._answer(self.server.api.user_info(query))
+        elif path in ("/cgi-bin/menu/get", "/cgi-bin/menu/delete"):
+            self._answer(self.server.api.menu(path.rpartition("/")[2], query))
+        elif path == "/cgi-bin/media/get":
+            error, media = self.server.api.media_get(query)
+            if media is None:
+                self._answer(error or {})
+            else:
+                self._send(media[1], media[0])
         else:
             self._answer({"errcode": 404, "errmsg": "not found"}, status=404)
 
@@ -412,6 +586,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self._answer(answer)
+        elif path == "/cgi-bin/message/template/send":
+            self._answer(self.server.api.template_send(query, body))
+        elif path == "/cgi-bin/message/custom/typing":
+            self._answer(self.server.api.typing(query, body))
+        elif path == "/cgi-bin/media/upload":
+            self._answer(self.server.api.media_upload(query, self.headers.get("Content-Type", ""), body))
+        elif path == "/cgi-bin/menu/create":
+            self._answer(self.server.api.menu("create", query, body))
         else:
             self._answer({"errcode": 404, "errmsg": "not found"}, status=404)
 
@@ -420,9 +602,11 @@ class _Handler(BaseHTTPRequestHandler):
         return url.path, {name: values[-1] for name, values in parse_qs(url.query).items()}
 
     def _answer(self, document: dict[str, Any], status: int = 200) -> None:
-        data = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        self._send(json.dumps(document, ensure_ascii=False).encode("utf-8"), "application/json; encoding=utf-8", status)
+
+    def _send(self, data: bytes, content_type: str, status: int = 200) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; encoding=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

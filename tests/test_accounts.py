@@ -98,6 +98,8 @@ def test_the_default_and_the_file_together(tmp_path):
         ('[accounts.shop]\ntoken = "abcdef"\nlate_replies = "yes"\n', "late_replies must be true or false"),
         ('[accounts.shop]\ntoken = "abcdef"\nlate_path = "mail"\n', "shop.late_path must be api or pickup, not 'mail'"),
         ('[accounts.shop]\ntoken = "abcdef"\npickup_text = ""\n', "shop.pickup_text must not be empty"),
+        ('[accounts.shop]\ntoken = "abcdef"\nsecret = "s3cret"\ntyping = 1\n', "shop.typing must be true or false"),
+        ('[accounts.shop]\ntoken = "abcdef"\ntyping = true\n', "typing must be true or false, and true needs"),
         (f'[accounts.hr]\nkind = "wecom"\ntoken = "abcdef"\naes_key = "{AES_KEY}"\n', "hr.corpid is required"),
         (
             f'[accounts.hr]\nkind = "wecom"\ntoken = "abcdef"\naes_key = "{AES_KEY}"\ncorpid = "ww1"\n',
@@ -166,3 +168,4 @@ def test_the_readmes_accounts_file_loads_as_it_says(tmp_path):
     assert found["news"].redis_url == "redis://127.0.0.1:6400/0"
     # Without a choice, the path is what the account can do: the API with a secret.
     assert (found["shop"].late_path, found["staff"].late_path) == ("api", "api")
+    assert (found["shop"].typing, found["news"].typing, found["staff"].typing) == (True, False, False)
