@@ -135,6 +135,7 @@ def _settle(dedupe_key: str | None, record: str | None, account: Account | None,
 def _settle_carrying(dedupe_key: str, keys: list[str], args: list[object], answer: Answer) -> str:
     """COMPLETE for a user with replies kept: this message's reply carries them (appserver/pickup.py)."""
     what = f"storing the reply to {dedupe_key}"
+    store = _script(ledger.PICKUP_COMPLETE)
     for attempt in range(CARRY_TRIES):
         kept: list[str] = []
         # The last try carries none: another message of the user kept taking them first.
@@ -145,7 +146,7 @@ def _settle_carrying(dedupe_key: str, keys: list[str], args: list[object], answe
         notice = ledger.reply_notice(dedupe_key, carried.xml)
         full = [carried.xml, carried.customer_service, args[2], notice, *args[4:], settings.pickup_ttl]
         full += [*carried.entries, carried.leftover]
-        outcome = through_outages(lambda: _script(ledger.PICKUP_COMPLETE)(keys=keys, args=full).decode(), what)
+        outcome = through_outages(lambda full=full: store(keys=keys, args=full).decode(), what)
         if outcome == ledger.DONE and carried.entries:
             _count(dedupe_key, "pickup_delivered", len(carried.entries))
             log.info("message %s carries %d kept replies", dedupe_key, len(carried.entries))

@@ -221,8 +221,7 @@ return 'already:' .. state
 # (a concurrent message of the same user may have taken them: `retry`) and a
 # delivery still waits. Otherwise it is COMPLETE for this message's reply
 # alone, and the kept replies wait for the next message.
-PICKUP_COMPLETE = (
-    """
+PICKUP_COMPLETE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'pending' then return 'not-pending' end
 local carried = #ARGV - 8
@@ -245,7 +244,6 @@ redis.call('HDEL', KEYS[1], 'task', 'tag')
 redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'reply_to') or ARGV[3], ARGV[4])
 return 'done'
 """
-)
 
 # KEYS: record, due. ARGV: settled ttl, dedupe key. A relay is about to write
 # the reply to WeChat: only a reply still `done` (or already taken by an

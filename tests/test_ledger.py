@@ -66,7 +66,8 @@ class Ledger:
 
     def end(self, outcome: str, errcode: int = 0, delay: int = 0) -> int:
         keys = [self.record, self.due_key]
-        return self.run(ledger.END_SEND, keys, [outcome, errcode, delay, SETTLED, self.key])  # type: ignore[return-value]
+        args = [outcome, errcode, delay, SETTLED, self.key]
+        return self.run(ledger.END_SEND, keys, args)  # type: ignore[return-value]
 
     def make_due(self) -> None:
         self.client.zadd(self.due_key, {self.key: 0})

@@ -8,12 +8,15 @@ import json
 from appserver.handling import Answer
 from appserver.pickup import TEXT_BYTES, carry, entry
 from simulator import WeChatSimulator
+from tests import test_many_accounts
 from tests.conftest import WECHAT_TIMEOUT
 from tests.services import wait_until
-from tests.test_many_accounts import SHOP, account, msg_id, stack  # noqa: F401  (the fixture)
+from tests.test_many_accounts import SHOP, account, msg_id
 from wechat.parser import parse_xml
 from wechat.replies import Image, Text
 
+# The accounts tests' appliance: relays and a worker serving an accounts file.
+stack = test_many_accounts.stack
 NOTICE = "稍等，发送任意消息查看回复"
 SLOW = f"slow {3 * WECHAT_TIMEOUT + 0.3}"  # past every delivery
 

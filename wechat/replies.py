@@ -255,8 +255,10 @@ def from_customer_service(payload: dict[str, Any]) -> Reply:
             body.get("hqmusicurl", ""), body.get("thumb_media_id", ""),
         )  # fmt: skip
     if kind == "news":
-        return News([
-            Article(item["title"], item.get("description", ""), item.get("picurl", ""), item.get("url", ""))
-            for item in body["articles"]
-        ])
+        return News(
+            [
+                Article(item["title"], item.get("description", ""), item.get("picurl", ""), item.get("url", ""))
+                for item in body["articles"]
+            ]
+        )
     raise ReplyError(f"no passive reply of type {kind!r}")
