@@ -31,7 +31,7 @@ _ids = itertools.count(int(time.time() * 1000) % 10**9 * 1000)
 
 def account(redis_server: RedisServer, base_url: str, secret: str | None = SECRET) -> Account:
     return Account(
-        "apibot", OFFICIAL, TOKEN, None, None, APPID, None, secret, "", frozenset({"plain"}), True,
+        "apibot", OFFICIAL, TOKEN, None, None, APPID, None, secret, "", frozenset({"plain"}), True, "api", "",
         redis_server.url, "wxrelay.apibot", base_url,
     )  # fmt: skip
 
