@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from common import accounts
 from common.accounts import Accounts
-from common.settings import Settings
+from common.settings import Settings, environment
 from wechat.exceptions import InvalidConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +88,9 @@ class Local:
     layout: Layout
     redis_port: int
     redis_password: str
+    # The ${NAME}s of the accounts file, from the environment or the owner's env file: the processes read
+    # only the state folder's env file, which would otherwise hold only the settings.
+    variables: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def redis_url(self) -> str:
@@ -113,6 +116,7 @@ class Local:
     def environ(self) -> dict[str, str]:
         """The variables the relays and workers run with: every process talks to this Redis."""
         return {
+            **self.variables,
             **self.settings.as_environ(),
             "WXRELAY_REDIS_URL": self.redis_url,
             "WXRELAY_ACCOUNTS_FILE": self.accounts_file,
@@ -148,7 +152,11 @@ def load(environ: Mapping[str, str] | None = None) -> Local:
     """The appliance as the environment and the owner's env file configure it (for `run`)."""
     environ = os.environ if environ is None else environ
     settings = _settings(environ).validate()
-    local = Local(settings, layout(environ), settings.redis_port, _redis_password(settings.redis_url))
+    env_file = env_file_path(environ)
+    values = environment(environ, env_file if env_file.is_file() else None)
+    named = accounts.variables_of(Path(settings.accounts_file)) if settings.accounts_file else ()
+    variables = {name: values[name] for name in named if name in values}
+    local = Local(settings, layout(environ), settings.redis_port, _redis_password(settings.redis_url), variables)
     if settings.redis_admin_password is not None and not _REDIS_PASSWORD.fullmatch(settings.redis_admin_password):
         raise InvalidConfigError("WXRELAY_REDIS_ADMIN_PASSWORD needs 8 or more characters [A-Za-z0-9._~+=-]")
     _distinct_ports(local)

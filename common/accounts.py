@@ -134,6 +134,14 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Accoun
     return Accounts(accounts)
 
 
+def variables_of(path: Path) -> tuple[str, ...]:
+    """The ${NAME}s an accounts file takes from the environment: what a process serving it must be given."""
+    try:
+        return tuple(dict.fromkeys(_VARIABLE.findall(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError):
+        return ()  # load() says what is wrong with the file
+
+
 def _default(settings: Settings) -> Account:
     modes = {"plain", "compat", "safe"} if settings.aes_key else {"plain"}
     if settings.require_encryption:

@@ -185,11 +185,13 @@ def test_an_account_added_by_make_reload_is_answered_and_listed(appliance: Appli
     accounts = appliance.env_file.parent / "accounts.toml"
     accounts.write_text(
         '[accounts.blog]\ntoken = "blogToken1"\nbot = "appserver.example_bot:bot"\n'
-        '[accounts.staff]\nkind = "wecom"\ntoken = "staffToken1"\naes_key = "' + "W" * 43 + '"\n'
-        'corpid = "ww0000000000000001"\nagentid = 1000002\nsecret = "staff-secret"\nbot = "appserver.example_bot:bot"\n'
+        '[accounts.staff]\nkind = "wecom"\ntoken = "staffToken1"\naes_key = "${STAFF_AES_KEY}"\n'
+        'corpid = "ww0000000000000001"\nagentid = 1000002\nsecret = "${STAFF_SECRET}"\n'
+        'bot = "appserver.example_bot:bot"\n'
     )
+    # Its secrets in the owner's env file, as the README says: they reach the relays and workers too.
     with appliance.env_file.open("a") as env_file:
-        env_file.write(f"WXRELAY_ACCOUNTS_FILE={accounts}\n")
+        env_file.write(f"WXRELAY_ACCOUNTS_FILE={accounts}\nSTAFF_AES_KEY={'W' * 43}\nSTAFF_SECRET=staff-secret\n")
     relays = {name: pid for name, pid in appliance.program_pids().items() if name.startswith("wxrelay-relay:")}
 
     output = appliance.ok("make reload")
