@@ -73,6 +73,11 @@ class Account:
         return "/wechat" if self.name == DEFAULT else f"/wechat/{self.name}"
 
     @property
+    def keeps_for_pickup(self) -> bool:
+        """Its late replies wait for the user's next message: the last delivery says so."""
+        return self.late_replies and self.late_path == "pickup"
+
+    @property
     def token_owner(self) -> str:
         """Whose access_token this account uses: an AppID's, or one WeCom app's (each has its own secret)."""
         return f"{self.appid}:{self.agentid}" if self.kind == WECOM else self.appid or self.name

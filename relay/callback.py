@@ -168,7 +168,7 @@ class CallbackHandler(RelayHandler):
             return
         REPLY_SECONDS.labels(account).observe(time.monotonic() - started)
         reply = outcome.reply
-        if not reply and outcome.how in LATE_OUTCOMES and self.route.account.late_path == "pickup":
+        if not reply and outcome.how in LATE_OUTCOMES and self.route.account.keeps_for_pickup:
             reply = self.pickup_notice()
         self.answer(reply, aes_key)
 

@@ -46,6 +46,13 @@ def test_late_replies_wait_for_the_users_next_message_which_carries_them_in_orde
     assert (stats[b"late_kept"], stats[b"pickup_delivered"]) == (b"2", b"2")
 
 
+def test_an_account_without_late_replies_promises_no_pickup(stack):
+    relay = stack.start(account("quiet", "shop") + "late_replies = false\n")
+    quiet = WeChatSimulator(f"{relay.callback}/quiet", "quiettoken1", deadline=WECHAT_TIMEOUT)
+    answer = quiet.say(SLOW, user=f"o_quiet_{msg_id()}", MsgId=msg_id())
+    assert (answer.delivery, answer.reply) == (3, None)  # `success`: its reply is dropped, not kept
+
+
 def test_an_account_refused_the_api_keeps_the_reply_for_pickup(stack, wechat_api, redis_server):
     wechat_api.add_official(SHOP["appid"], "shop-secret-1")
     relay = stack.start(account("shop", "shop", {**SHOP, "secret": "shop-secret-1"}))
