@@ -42,6 +42,8 @@ DUE_KEY = PREFIX + "due"
 
 PENDING, DONE, TAKEN, ABANDONED, LATE, MISSING = "pending", "done", "taken", "abandoned", "late", "missing"
 SENDING, SENT, REFUSED, FAILED, SILENT, KEPT = "sending", "sent", "refused", "failed", "silent", "kept"
+# CLAIM's answer to a plaintext signature already used with another body (relay/seen_signatures.py).
+SIGNATURE_REUSED = "signature-reused"
 # COMPLETE's answer when the user has replies kept for pickup: the caller adds them to this reply (PICKUP).
 PICKUP = "pickup"
 # A message in these states has a reply for WeChat's next delivery.
@@ -131,7 +133,10 @@ def settle_ttl(deliveries: int, wechat_timeout: float, lease: int) -> int:
 
 def _with_constants(source: str) -> str:
     """A script with this module's constants written in where it says $NAME."""
-    constants = {"LATE_LEASE": LATE_LEASE, "RECHECK": RECHECK, "SUSPECT": SUSPECT, "QUEUE_SCAN": QUEUE_SCAN}
+    constants = {
+        "LATE_LEASE": LATE_LEASE, "RECHECK": RECHECK, "SUSPECT": SUSPECT, "QUEUE_SCAN": QUEUE_SCAN,
+        "SIGNATURE_REUSED": SIGNATURE_REUSED,
+    }  # fmt: skip
     for name, value in constants.items():
         source = source.replace("$" + name, str(value))
     return source
@@ -149,9 +154,16 @@ _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2])
 # task twice. A retry counts its delivery and takes a reply that is ready.
 # `answered` = 1 replays a message a relay spooled and answered `success`:
 # no delivery will come for it, so it starts abandoned (its reply goes late).
-CLAIM = (
+# A plaintext delivery adds KEYS[4], its signature's key, and ARGV[8..9], its body's hash and how long
+# to remember it: a signature seen with another body claims nothing (relay/seen_signatures.py). In the
+# claim, it costs no round trip of its own.
+CLAIM = _with_constants(
     _NOW
     + """
+if KEYS[4] and not redis.call('SET', KEYS[4], ARGV[8], 'NX', 'EX', ARGV[9])
+    and redis.call('GET', KEYS[4]) ~= ARGV[8] then
+  return {'$SIGNATURE_REUSED', 0, ''}
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local state = 'pending'
   if ARGV[4] == '1' then state = 'abandoned' end

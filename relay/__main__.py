@@ -15,7 +15,8 @@ from common import accounts, cpu_pinning, open_files, redaction
 from common.accounts import Accounts
 from common.redaction import Redactor
 from common.settings import Settings
-from relay.app import make_app
+from relay.app import make_router
+from relay.collector import collect_on_a_schedule
 from relay.context import Relay
 from relay.metrics import watch_loop_lag
 from wechat.exceptions import InvalidConfigError
@@ -40,8 +41,9 @@ async def serve(settings: Settings, served: Accounts, address: str, port: int, r
     # touches about 55,000 objects instead of 110,000 (some 50 ms of the loop instead of 100).
     gc.freeze()
     lag_probe = watch_loop_lag()
+    collector = collect_on_a_schedule(lambda: relay.dispatcher.in_flight)
     # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).
-    server = HTTPServer(make_app(relay), idle_connection_timeout=60)
+    server = HTTPServer(make_router(relay), idle_connection_timeout=60)
     server.listen(port, address)
     log.info("relay listening on %s:%d", address, port)
     stopping = asyncio.Event()
@@ -56,6 +58,7 @@ async def serve(settings: Settings, served: Accounts, address: str, port: int, r
     while relay.dispatcher.in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     lag_probe.stop()
+    collector.stop()
     await relay.stop()
     log.info("relay on port %d stopped", port)
 

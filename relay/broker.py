@@ -13,6 +13,7 @@ from common import ledger
 from common.settings import Settings
 from relay.celery_message import task_message
 from relay.pipeline import PipelinedRedis, Script
+from relay.seen_signatures import SignatureUse
 
 HANDLE_TASK = "wxrelay.handle"
 
@@ -40,15 +41,21 @@ class Broker:
         # This process's own reply channel on this Redis (its listener's), named in each claim.
         self.reply_to = ledger.relay_channel(uuid.uuid4().hex)
 
-    async def claim(self, dedupe_key: str, xml: str, queue: str, answered: bool = False) -> Claim:
+    async def claim(
+        self, dedupe_key: str, xml: str, queue: str, answered: bool = False, signature: SignatureUse | None = None
+    ) -> Claim:
         """Count this delivery; the first one also queues the task on its account's queue, atomically.
 
-        `answered`: a spooled message whose delivery was answered `success`."""
+        `answered`: a spooled message whose delivery was answered `success`. `signature`: a plaintext
+        delivery's, refused (ledger.SIGNATURE_REUSED, nothing claimed) if seen with another body."""
         # The ledger keeps the tag: by it the sweep tells a task a worker holds from one lost.
         tag = str(uuid.uuid4())
         message = task_message(HANDLE_TASK, [xml, dedupe_key], queue, delivery_tag=tag)
         keys = [ledger.record_key(dedupe_key), queue, ledger.DUE_KEY]
         args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key, tag, self.reply_to]
+        if signature is not None:
+            keys.append(signature.key)
+            args += [signature.body_hash, signature.ttl]
         state, deliveries, reply = await self.ledger.evalsha(self._claim, keys, args)
         return Claim(state, int(deliveries), reply)
 

@@ -1,22 +1,32 @@
-"""The callback URL WeChat calls: GET to verify the URL, POST to deliver."""
+"""The callback URL WeChat calls: GET to verify the URL, POST to deliver.
+
+Served as a Tornado message delegate, below RequestHandler: a delivery is
+held for seconds, a thousand at once, and a RequestHandler brings some sixty
+objects of its own to each (its UI namespaces, header and transform lists,
+routing delegates) that the garbage collector walks again and again, and a
+fifth of the relay's CPU per message. The rest of the relay's URLs (/healthz,
+/metrics) keep RequestHandler (relay/app.py routes between them).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TypeVar
 
-from tornado.web import stream_request_body
+from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest, RequestStartLine, ResponseStartLine
 
 from common import ledger
 from common.accounts import DEFAULT, WECOM
 from relay.context import Relay
 from relay.dispatch import HangUp
-from relay.handler import RelayHandler
 from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
 from relay.routes import Route
+from relay.seen_signatures import SignatureUse, use_of
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError
 from wechat.parser import dedupe_key, parse_xml
 from wechat.replies import Text
@@ -26,6 +36,8 @@ log = logging.getLogger("wxrelay.relay")
 T = TypeVar("T")
 # How a delivery ends when its message's reply will go by the late path (relay/dispatch.py's Outcome.how).
 LATE_OUTCOMES = ("success", "late", "spooled")
+TEXT = "text/plain; charset=utf-8"
+XML = "application/xml; charset=utf-8"
 
 
 class Rejected(Exception):
@@ -34,35 +46,64 @@ class Rejected(Exception):
         self.status, self.reason, self.text = status, reason, text
 
 
-@stream_request_body
-class CallbackHandler(RelayHandler):
-    route: Route
+class HTTPDate:
+    """The Date header, formatted once a second rather than once a response."""
 
-    def initialize(self, relay: Relay) -> None:
+    def __init__(self) -> None:
+        self._second = 0
+        self._text = ""
+
+    def __str__(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._text = now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        return self._text
+
+
+DATE = HTTPDate()
+
+
+class Callback(HTTPMessageDelegate):
+    """One request to the callback URL of the account `name` (None: the account `default`)."""
+
+    def __init__(self, relay: Relay, request: HTTPServerRequest, name: str | None) -> None:
         self.relay = relay
         self.config = relay.settings
+        self.request = request
+        self.name = name or DEFAULT
         self.chunks: list[bytes] = []
         self.size = 0
         self.hung_up = HangUp()
+        self.answered = False
+        self.route: Route | None = None
+        self.task: asyncio.Task[None] | None = None
+        # WeChat hanging up while the reply is awaited ends the wait (relay/dispatch.py).
+        request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
 
-    def prepare(self) -> None:
+    # -- what Tornado calls ---------------------------------------------------------------------------------
+
+    def headers_received(self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders) -> None:
         # Checked before the body is read: an unknown, unsigned or oversize
         # request costs us nothing but its headers.
-        route = self.relay.routes.get(self.path_args[0] if self.path_args and self.path_args[0] else DEFAULT)
+        route = self.relay.routes.get(self.name)
         if route is None:
-            self.set_status(404)
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish("not found")
+            self.respond(404, "not found")
             return
         self.route = route
         self.wecom = route.account.kind == WECOM
+        method = self.request.method
         try:
+            if method not in ("GET", "POST"):
+                raise Rejected(405, "method", "method not allowed")
+            self.query = {name: values[-1] for name, values in self.request.query_arguments.items()}
+            # Tornado's two copies of the query, a list for each argument, would be held as long as the delivery.
+            self.request.arguments = self.request.query_arguments = {}
             if not self.relay.sources.admits(self.request):
                 raise Rejected(403, "source_address", "source address not allowed")
             self.check_signature()
-            if self.request.method == "POST" and not self.encrypted and "plain" not in route.account.modes:
+            if method == "POST" and not self.encrypted and "plain" not in route.account.modes:
                 raise Rejected(403, "plaintext", "plaintext messages are refused: use safe mode")
-            length = self.request.headers.get("Content-Length", "")
+            length = headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self.config.max_body:
                 raise Rejected(413, "body_too_large", "request body too large")
         except Rejected as rejected:
@@ -70,121 +111,152 @@ class CallbackHandler(RelayHandler):
             return
         # Chunked bodies are counted in data_received; this is only the
         # point past which Tornado drops the connection by itself.
-        self.request.connection.set_max_body_size(4 * self.config.max_body)
+        self.request.connection.set_max_body_size(4 * self.config.max_body)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size <= self.config.max_body:
+        if self.size <= self.config.max_body and not self.answered:
             self.chunks.append(chunk)
 
-    @property
-    def encrypted(self) -> bool:
-        # A WeCom app's messages are always encrypted, and say nothing of it in the URL.
-        return self.wecom or self.get_query_argument("encrypt_type", "raw") == "aes"
+    def finish(self) -> None:
+        if self.answered:
+            return
+        self.task = asyncio.ensure_future(self.post() if self.request.method == "POST" else self.get())
+        self.task.add_done_callback(self.failed)
 
     def on_connection_close(self) -> None:
         self.hung_up.set()
 
+    # -- the request ----------------------------------------------------------------------------------------
+
+    def argument(self, name: str) -> str:
+        """A query argument as RequestHandler gives it: the last one, decoded and stripped; '' when absent."""
+        value = self.query.get(name)
+        if value is None:
+            return ""
+        try:
+            return value.decode().strip()
+        except UnicodeDecodeError:
+            raise Rejected(400, "malformed_query", f"invalid {name}") from None
+
+    @property
+    def encrypted(self) -> bool:
+        # A WeCom app's messages are always encrypted, and say nothing of it in the URL.
+        return self.wecom or (self.argument("encrypt_type") or "raw") == "aes"
+
     def check_signature(self) -> None:
         """The URL's signature, and its timestamp's age. A WeCom app signs only
         with msg_signature, over the body's Encrypt (or echostr): checked as it is decrypted."""
-        timestamp = self.get_query_argument("timestamp", "")
+        timestamp = self.argument("timestamp")
         if not self.wecom:
+            assert self.route is not None
             try:
-                check_signature(
-                    self.route.account.token,
-                    self.get_query_argument("signature", ""),
-                    timestamp,
-                    self.get_query_argument("nonce", ""),
-                )
+                check_signature(self.route.account.token, self.argument("signature"), timestamp, self.argument("nonce"))
             except SignatureError:
                 raise Rejected(403, "signature", "invalid signature") from None
         if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.config.timestamp_window:
             raise Rejected(403, "timestamp", "stale timestamp")
 
-    def reject(self, rejected: Rejected) -> None:
-        REJECTED.labels(self.route.account.name, rejected.reason).inc()
-        self.set_status(rejected.status)
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(rejected.text)
+    # -- the answers ----------------------------------------------------------------------------------------
 
-    # The URL's account name is Tornado's path argument; prepare() has found its route.
-    def get(self, _name: str | None = None) -> None:
-        echostr = self.get_query_argument("echostr", "")
-        if not echostr:
-            self.reject(Rejected(400, "missing_echostr", "missing echostr"))
+    def respond(self, status: int, body: str, content_type: str = TEXT) -> None:
+        if self.answered:
             return
-        if self.wecom:
-            try:
+        self.answered = True
+        data = body.encode()
+        headers = HTTPHeaders()
+        headers["Content-Type"] = content_type
+        headers["Content-Length"] = str(len(data))
+        headers["Date"] = str(DATE)
+        # The echoed echostr is the caller's text: a browser must not take it for HTML.
+        headers["X-Content-Type-Options"] = "nosniff"
+        connection = self.request.connection
+        assert connection is not None
+        connection.set_close_callback(None)
+        connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, data)
+        connection.finish()
+
+    def reject(self, rejected: Rejected) -> None:
+        REJECTED.labels(self.route.account.name if self.route else self.name, rejected.reason).inc()
+        self.respond(rejected.status, rejected.text)
+
+    def failed(self, task: asyncio.Task[None]) -> None:
+        """A fault of ours: logged with its traceback here, never shown to the client."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("callback %s %s failed", self.request.method, self.request.path, exc_info=task.exception())
+        if not self.hung_up.is_set():
+            self.respond(500, "internal error")
+
+    async def get(self) -> None:
+        try:
+            echostr = self.argument("echostr")
+            if not echostr:
+                raise Rejected(400, "missing_echostr", "missing echostr")
+            if self.wecom:
                 echostr = self.decrypt_echostr(echostr)
-            except Rejected as rejected:
-                self.reject(rejected)
-                return
+        except Rejected as rejected:
+            self.reject(rejected)
+            return
+        assert self.route is not None
         VERIFIED.labels(self.route.account.name).inc()
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(echostr)
+        self.respond(200, echostr)
 
     def decrypt_echostr(self, echostr: str) -> str:
         """WeCom's URL verification: echostr is encrypted, and answered decrypted."""
-        assert self.route.crypto is not None  # a WeCom app has its key (common/accounts.py)
+        assert self.route is not None and self.route.crypto is not None  # a WeCom app has its key
         return self.unseal(self.route.crypto.decrypt_echostr, echostr, "echostr")
 
     def unseal(self, decrypt: Callable[[str, str, str, str], T], sealed: str, what: str) -> T:
         """`decrypt(sealed, msg_signature, timestamp, nonce)`, its failures as the client's answers."""
         try:
-            return decrypt(
-                sealed,
-                self.get_query_argument("msg_signature", ""),
-                self.get_query_argument("timestamp", ""),
-                self.get_query_argument("nonce", ""),
-            )
+            return decrypt(sealed, self.argument("msg_signature"), self.argument("timestamp"), self.argument("nonce"))
         except SignatureError:
             raise Rejected(403, "signature", "invalid msg_signature") from None
         except DecryptError:
             raise Rejected(400, "decrypt", f"cannot decrypt {what}") from None
 
-    async def post(self, _name: str | None = None) -> None:
+    async def post(self) -> None:
         started = time.monotonic()
+        route = self.route
+        assert route is not None
         try:
             xml, aes_key = self.read_message()
-            if aes_key is None and not await self.first_use_of_signature():
-                raise Rejected(403, "replayed", "signature already used with another body")
         except Rejected as rejected:
             self.reject(rejected)
             return
-        account = self.route.account.name
+        account = route.account.name
         key = ledger.message_key(account, dedupe_key(self.fields))
+        # Plaintext's signature does not cover the body: one signature, one body (relay/seen_signatures.py).
+        signature = self.signature_use() if aes_key is None else None
         try:
-            outcome = await self.relay.dispatcher.dispatch(self.route, key, xml, self.hung_up)
+            outcome = await self.relay.dispatcher.dispatch(route, key, xml, self.hung_up, signature)
         except (OSError, sqlite3.Error) as exc:
             # Neither Redis nor the spool could keep it: WeChat must try again.
             log.error("cannot keep message %s: %s", key, exc)
             MESSAGES.labels(account, "unavailable").inc()
-            self.set_status(503)
-            self.finish("service unavailable")
+            self.respond(503, "service unavailable")
+            return
+        if outcome.how == "replayed":
+            self.reject(Rejected(403, "replayed", "signature already used with another body"))
             return
         MESSAGES.labels(account, outcome.how).inc()
         if outcome.reply is None:
             return
         REPLY_SECONDS.labels(account).observe(time.monotonic() - started)
         reply = outcome.reply
-        if not reply and outcome.how in LATE_OUTCOMES and self.route.account.keeps_for_pickup:
-            reply = self.pickup_notice()
-        self.answer(reply, aes_key)
+        if not reply and outcome.how in LATE_OUTCOMES and route.account.keeps_for_pickup:
+            reply = self.pickup_notice(route)
+        self.answer(route, reply, aes_key)
 
-    def pickup_notice(self) -> str:
+    def pickup_notice(self, route: Route) -> str:
         """The reply will be kept for the user's next message: tell them to send one."""
         user, account_id = str(self.fields.get("FromUserName", "")), str(self.fields.get("ToUserName", ""))
-        return Text(self.route.account.pickup_text).render(user, account_id)
+        return Text(route.account.pickup_text).render(user, account_id)
 
-    async def first_use_of_signature(self) -> bool:
-        """Plaintext's signature does not cover the body: one signature, one body."""
-        return await self.route.shard.signatures.admits(
-            self.get_query_argument("timestamp", ""),
-            self.get_query_argument("nonce", ""),
-            self.get_query_argument("signature", ""),
-            b"".join(self.chunks),
-        )
+    def signature_use(self) -> SignatureUse:
+        timestamp, nonce, signature = self.argument("timestamp"), self.argument("nonce"), self.argument("signature")
+        return use_of(timestamp, nonce, signature, b"".join(self.chunks), self.config.timestamp_window)
 
     def read_message(self) -> tuple[str, bytes | None]:
         """Parse (and decrypt) the body: the message XML and the AES key that worked."""
@@ -198,10 +270,11 @@ class CallbackHandler(RelayHandler):
             return self.decrypt()
         except ForbiddenXMLError:
             raise Rejected(400, "hostile_xml", "forbidden XML") from None
-        except XMLError:
+        except (XMLError, UnicodeDecodeError):
             raise Rejected(400, "malformed_xml", "malformed XML") from None
 
     def decrypt(self) -> tuple[str, bytes]:
+        assert self.route is not None
         crypto = self.route.crypto
         if crypto is None:
             raise Rejected(400, "not_configured", "encrypted messages are not configured")
@@ -216,12 +289,10 @@ class CallbackHandler(RelayHandler):
         self.fields = parse_xml(xml)
         return xml, key
 
-    def answer(self, reply: str, key: bytes | None) -> None:
+    def answer(self, route: Route, reply: str, key: bytes | None) -> None:
         if not reply:
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish("success")
+            self.respond(200, "success")
             return
-        if key is not None and self.route.crypto is not None:
-            reply = self.route.crypto.encrypt_reply(reply, self.get_query_argument("nonce", ""), key=key)
-        self.set_header("Content-Type", "application/xml; charset=utf-8")
-        self.finish(reply)
+        if key is not None and route.crypto is not None:
+            reply = route.crypto.encrypt_reply(reply, self.argument("nonce"), key=key)
+        self.respond(200, reply, XML)

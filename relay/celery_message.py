@@ -14,9 +14,16 @@ import json
 import socket
 import uuid
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 ORIGIN = f"relay@{socket.gethostname()}"
+
+
+# Stand-ins for what differs between two messages of one task to one queue: the envelope around
+# them is written once (a json.dumps of the whole was a twentieth of the relay's CPU a message).
+_ID, _TAG, _BODY = "<<task-id>>", "<<delivery-tag>>", "<<body>>"
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def task_message(
@@ -29,7 +36,31 @@ def task_message(
 ) -> str:
     """The JSON string to LPUSH onto the queue's list."""
     task_id = task_id or str(uuid.uuid4())
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    tag = delivery_tag or str(uuid.uuid4())
+    body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
+    if eta is not None:
+        return json.dumps(_envelope(task, len(args), queue, task_id, tag, body, eta))
+    return (
+        _template(task, len(args), queue)
+        .replace(_ID, _json_text(task_id))
+        .replace(_TAG, _json_text(tag))
+        .replace(_BODY, body)  # base64: nothing in it to escape
+    )
+
+
+def _json_text(value: str) -> str:
+    """`value` as it reads inside a JSON string."""
+    return json.dumps(value)[1:-1]
+
+
+@cache
+def _template(task: str, arity: int, queue: str) -> str:
+    return json.dumps(_envelope(task, arity, queue, _ID, _TAG, _BODY, None))
+
+
+def _envelope(
+    task: str, arity: int, queue: str, task_id: str, tag: str, body: str, eta: datetime | None
+) -> dict[str, Any]:
     headers = {
         "lang": "py",
         "task": task,
@@ -43,15 +74,15 @@ def task_message(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": f"<{len(args)} args>",
+        "argsrepr": f"<{arity} args>",
         "kwargsrepr": "{}",
         "origin": ORIGIN,
         # The reply travels through the ledger; a second copy in the result
         # backend would cost a write per message for nobody.
         "ignore_result": True,
     }
-    envelope = {
-        "body": base64.b64encode(body.encode()).decode(),
+    return {
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
@@ -62,7 +93,6 @@ def task_message(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": delivery_tag or str(uuid.uuid4()),
+            "delivery_tag": tag,
         },
     }
-    return json.dumps(envelope)

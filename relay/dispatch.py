@@ -29,6 +29,7 @@ from common.settings import Settings
 from relay.broker import Broker, Claim
 from relay.metrics import HELD, LEDGER_ERRORS, SPOOLED
 from relay.routes import Route
+from relay.seen_signatures import SignatureUse
 from relay.spool import Spool
 
 log = logging.getLogger("wxrelay.relay")
@@ -72,7 +73,7 @@ class HangUp:
 @dataclass(frozen=True)
 class Outcome:
     reply: str | None  # the reply XML, '' for `success`, None when WeChat hung up
-    how: str  # passive | cached | success | late | dropped | spooled
+    how: str  # passive | cached | success | late | dropped | spooled | replayed
 
 
 def ledger_error_reason(exc: BaseException) -> str:
@@ -94,59 +95,71 @@ class Dispatcher:
         self.held: set[str] = set()
         self.last_error: tuple[float, str] | None = None
 
-    async def dispatch(self, route: Route, dedupe_key: str, xml: str, hung_up: HangUp) -> Outcome:
+    async def dispatch(
+        self, route: Route, dedupe_key: str, xml: str, hung_up: HangUp, signature: SignatureUse | None = None
+    ) -> Outcome:
+        """`signature`: a plaintext delivery's, refused (how = `replayed`) when seen with another body."""
+        # One coroutine the whole delivery long: a thousand deliveries are held at
+        # once, and every object each holds is walked by the collector (relay/collector.py).
         self.in_flight += 1
+        started = time.monotonic()
         try:
-            return await self._dispatch(route, dedupe_key, xml, hung_up, time.monotonic())
+            broker, listener = route.shard.broker, route.shard.listener
+            waiter = listener.expect(dedupe_key)
+            try:
+                claim = await self._claim(route, dedupe_key, xml, hung_up, started, signature)
+                if claim is None:
+                    return Outcome("", "spooled")
+                if claim.state == ledger.SIGNATURE_REUSED:
+                    return Outcome(None, "replayed")
+                if claim.state in ledger.REPLY_READY:
+                    return await self._take(broker, route.queue, dedupe_key, xml, claim.reply, "cached")
+                if claim.state in ledger.GONE_LATE:
+                    return Outcome("", "late")
+                last = claim.deliveries >= self._settings.deliveries
+                timeout = self._settings.reply_budget if last else self._settings.wechat_timeout + HOLD_GRACE
+                disarm = self._arm(waiter, hung_up, timeout - (time.monotonic() - started))
+                try:
+                    reply = await waiter
+                finally:
+                    disarm()
+            finally:
+                listener.forget(dedupe_key, waiter)
+            if reply is not None:
+                return await self._take(broker, route.queue, dedupe_key, xml, reply, "passive")
+            if hung_up.is_set():
+                # The sweep hands the reply to the late path if no delivery comes back for it.
+                return Outcome(None, "dropped")
+            try:
+                state, reply = await broker.abandon(dedupe_key)
+                if state == ledger.TAKEN:
+                    return Outcome(reply, "passive")
+                if state == ledger.MISSING:
+                    # Redis lost the record (a crash inside AOF's last second): the
+                    # delivery in hand recreates it, abandoned, so its reply goes late.
+                    await broker.claim(dedupe_key, xml, route.queue, answered=True)
+            except RedisError as exc:
+                # Kept answered: replayed, it is a no-op if Redis still has the record.
+                self._failed(exc)
+                await self._spool.put(dedupe_key, xml)
+                await self._spool.mark_answered(dedupe_key)
+            return Outcome("", "success")
         finally:
             self.in_flight -= 1
 
-    async def _dispatch(self, route: Route, dedupe_key: str, xml: str, hung_up: HangUp, started: float) -> Outcome:
-        broker, listener = route.shard.broker, route.shard.listener
-        waiter = listener.expect(dedupe_key)
-        try:
-            claim = await self._claim(broker, route.queue, dedupe_key, xml, hung_up, started)
-            if claim is None:
-                return Outcome("", "spooled")
-            if claim.state in ledger.REPLY_READY:
-                return await self._take(broker, route.queue, dedupe_key, xml, claim.reply, "cached")
-            if claim.state in ledger.GONE_LATE:
-                return Outcome("", "late")
-            last = claim.deliveries >= self._settings.deliveries
-            timeout = self._settings.reply_budget if last else self._settings.wechat_timeout + HOLD_GRACE
-            reply = await self._wait(waiter, hung_up, timeout - (time.monotonic() - started))
-        finally:
-            listener.forget(dedupe_key, waiter)
-        if reply is not None:
-            return await self._take(broker, route.queue, dedupe_key, xml, reply, "passive")
-        if hung_up.is_set():
-            # The sweep hands the reply to the late path if no delivery comes back for it.
-            return Outcome(None, "dropped")
-        try:
-            state, reply = await broker.abandon(dedupe_key)
-            if state == ledger.TAKEN:
-                return Outcome(reply, "passive")
-            if state == ledger.MISSING:
-                # Redis lost the record (a crash inside AOF's last second): the
-                # delivery in hand recreates it, abandoned, so its reply goes late.
-                await broker.claim(dedupe_key, xml, route.queue, answered=True)
-        except RedisError as exc:
-            # Kept answered: replayed, it is a no-op if Redis still has the record.
-            self._failed(exc)
-            await self._spool.put(dedupe_key, xml)
-            await self._spool.mark_answered(dedupe_key)
-        return Outcome("", "success")
-
     async def _claim(
-        self, broker: Broker, queue: str, dedupe_key: str, xml: str, hung_up: HangUp, started: float
+        self, route: Route, dedupe_key: str, xml: str, hung_up: HangUp, started: float, signature: SignatureUse | None
     ) -> Claim | None:
         """The ledger's claim; while Redis cannot take it, the spool holds the message.
 
         None: the budget ran out with Redis still away, the message is spooled."""
+        broker, queue = route.shard.broker, route.queue
         try:
-            return await broker.claim(dedupe_key, xml, queue)
+            return await broker.claim(dedupe_key, xml, queue, signature=signature)
         except RedisError as exc:
             self._failed(exc)
+        if signature is not None and not route.shard.signatures.admits(signature):
+            return Claim(ledger.SIGNATURE_REUSED, 0, "")
         self.held.add(dedupe_key)
         try:
             await self._spool.put(dedupe_key, xml)
@@ -155,7 +168,7 @@ class Dispatcher:
             while time.monotonic() + RETRY_REDIS < deadline and not hung_up.is_set():
                 await asyncio.sleep(RETRY_REDIS)
                 try:
-                    claim = await broker.claim(dedupe_key, xml, queue)
+                    claim = await broker.claim(dedupe_key, xml, queue, signature=signature)
                 except RedisError as exc:
                     self._failed(exc)
                     continue
@@ -187,12 +200,13 @@ class Dispatcher:
         self.last_error = (time.monotonic(), reason)
 
     @staticmethod
-    async def _wait(waiter: asyncio.Future[str | None], hung_up: HangUp, timeout: float) -> str | None:
-        """The reply, or None when the time is up or WeChat hung up first.
+    def _arm(waiter: asyncio.Future[str | None], hung_up: HangUp, timeout: float) -> Callable[[], None]:
+        """End the wait for the reply by resolving the waiter with None when the time is up or
+        WeChat hangs up; returns what disarms both.
 
-        The waiter is this delivery's own future (the listener skips one already done): the
-        deadline and the hang-up end the wait by resolving it with None. asyncio.wait() would
-        cost a task for the hang-up, a future and a timer each time, a tenth of the relay's CPU."""
+        The waiter is this delivery's own future (the listener skips one already done).
+        asyncio.wait() would cost a task for the hang-up, a future and a timer each time,
+        a tenth of the relay's CPU."""
 
         def give_up() -> None:
             if not waiter.done():
@@ -202,8 +216,9 @@ class Dispatcher:
             give_up()
         timer = asyncio.get_running_loop().call_later(max(timeout, 0), give_up)
         hung_up.add_callback(give_up)
-        try:
-            return await waiter
-        finally:
+
+        def disarm() -> None:
             timer.cancel()
             hung_up.remove_callback(give_up)
+
+        return disarm

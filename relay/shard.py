@@ -14,7 +14,7 @@ from common.settings import Settings
 from relay.broker import Broker
 from relay.listener import ReplyListener
 from relay.pipeline import PipelinedRedis
-from relay.seen_signatures import SeenSignatures
+from relay.seen_signatures import LocalSignatures
 
 
 @dataclass
@@ -22,7 +22,8 @@ class Shard:
     client: aioredis.Redis
     broker: Broker
     listener: ReplyListener
-    signatures: SeenSignatures
+    # Plaintext signatures seen while this Redis could not answer.
+    signatures: LocalSignatures
 
     @classmethod
     def create(cls, url: str, settings: Settings) -> Shard:
@@ -35,7 +36,7 @@ class Shard:
         # bounds only SUBSCRIBE itself; TCP keepalive notices a peer gone).
         subscriber = PipelinedRedis(url, connect_timeout=2, timeout=settings.redis_timeout)
         listener = ReplyListener(subscriber, broker)
-        return cls(client, broker, listener, SeenSignatures(ledger_connection, settings.timestamp_window))
+        return cls(client, broker, listener, LocalSignatures())
 
     @property
     def address(self) -> str:
