@@ -76,7 +76,7 @@ def reload(timeout: float = START_TIMEOUT) -> int:
     relays = [p.name for p in processes if p.name.startswith("wxrelay-relay:")]
     for name in relays:
         supervisor.signal(name, "HUP")
-    say(f"{len(relays)} relays re-read the accounts: {', '.join(local.accounts())}")
+    say(f"{_count(len(relays), 'relay')} re-read the accounts: {', '.join(local.accounts())}")
     for process in processes:
         if process.name.startswith("wxrelay-worker") and process.name.split(":")[0] not in added:
             say(f"restarting {process.name} (its handlers finish first)")
@@ -192,8 +192,8 @@ def _owner_info(local: Local, env_file: Path) -> None:
     settings = local.settings
     print(
         f"""
-wxrelay is ready: nginx :{settings.http_port} → {settings.relays} relays → Redis :{local.redis_port} → \
-{settings.workers} workers""",
+wxrelay is ready: nginx :{settings.http_port} → {_count(settings.relays, "relay")} → Redis :{local.redis_port} → \
+{_count(settings.workers, "worker")}""",
         flush=True,
     )
     for account in local.accounts().values():
@@ -305,3 +305,7 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")

@@ -223,7 +223,12 @@ SETTINGS: dict[str, Setting] = {
     "redis_port": Setting("WXRELAY_REDIS_PORT", "6390", _positive_int, "Local appliance: port of its own Redis."),
     "http_port": Setting("WXRELAY_HTTP_PORT", "8080", _positive_int, "Local appliance: nginx port."),
     "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
-    "relays": Setting("WXRELAY_RELAYS", "2", _positive_int, "Local appliance: relay processes."),
+    "relays": Setting(
+        "WXRELAY_RELAYS",
+        "1",
+        _positive_int,
+        "Local appliance: relay processes. One answers some 1,000 msg/s on a core; add one per two cores past two.",
+    ),
     "workers": Setting("WXRELAY_WORKERS", "2", _positive_int, "Local appliance: worker processes."),
     "worker_pool": Setting(
         "WXRELAY_WORKER_POOL",
