@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import SETTINGS
 from tests.services import ROOT, free_port, require, wait_until
 
 REPLY = "Hi o_simulated_user, you said: hello"
@@ -92,7 +93,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def appliance(clone: Path, tmp_path: Path) -> Iterator[Appliance]:
     http_port, redis_port = free_port(), free_port()
-    relay_port = consecutive_free_ports(2, taken={http_port, redis_port})
+    relays = int(SETTINGS["relays"].default)
+    relay_port = consecutive_free_ports(relays, taken={http_port, redis_port})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHAT_", "WXRELAY_")) and k not in _FOREIGN}
     env.update(
         VENV=sys.prefix,
@@ -104,8 +106,9 @@ def appliance(clone: Path, tmp_path: Path) -> Iterator[Appliance]:
         WXRELAY_REDIS_PORT=str(redis_port),
     )
     found = Appliance(
-        clone, tmp_path / "state", tmp_path / "wxrelay.env", env, http_port, [relay_port, relay_port + 1], redis_port
-    )
+        clone, tmp_path / "state", tmp_path / "wxrelay.env", env, http_port,
+        [relay_port + n for n in range(relays)], redis_port,
+    )  # fmt: skip
     yield found
     # Whatever the test did, the stack it started stops: the runner ends only
     # what this test's state folder started.
@@ -212,11 +215,12 @@ def test_an_account_added_by_make_reload_is_answered_and_listed(appliance: Appli
 
 def test_run_names_the_port_that_is_taken(appliance: Appliance) -> None:
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", appliance.relay_ports[1]))
+        squatter.bind(("127.0.0.1", appliance.relay_ports[-1]))
         squatter.listen()
         result = appliance.run("make run")
     assert result.returncode != 0
-    assert f"port {appliance.relay_ports[1]} (relay 2) is taken by pid {os.getpid()}" in result.stderr
+    relay = len(appliance.relay_ports)
+    assert f"port {appliance.relay_ports[-1]} (relay {relay}) is taken by pid {os.getpid()}" in result.stderr
     assert "WXRELAY_RELAY_PORT" in result.stderr
     assert appliance.supervisord() is None
 
