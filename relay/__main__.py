@@ -15,7 +15,7 @@ from common import accounts, cpu_pinning, open_files, redaction
 from common.accounts import Accounts
 from common.redaction import Redactor
 from common.settings import Settings
-from relay.app import make_router
+from relay.app import make_server
 from relay.collector import collect_on_a_schedule
 from relay.context import Relay
 from relay.metrics import watch_loop_lag
@@ -43,7 +43,7 @@ async def serve(settings: Settings, served: Accounts, address: str, port: int, r
     lag_probe = watch_loop_lag()
     collector = collect_on_a_schedule(lambda: relay.dispatcher.in_flight)
     # No xheaders: the client's address is X-Real-IP only when nginx says so (relay/sources.py).
-    server = HTTPServer(make_router(relay), idle_connection_timeout=60)
+    server = HTTPServer(make_server(relay), idle_connection_timeout=60)
     server.listen(port, address)
     log.info("relay listening on %s:%d", address, port)
     stopping = asyncio.Event()

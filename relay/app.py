@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Awaitable
 from urllib.parse import unquote
 
-from tornado.httputil import HTTPMessageDelegate, HTTPServerRequest
-from tornado.routing import Router
+from tornado.httputil import (
+    HTTPConnection,
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerConnectionDelegate,
+    RequestStartLine,
+    ResponseStartLine,
+)
 from tornado.web import Application
 
 from relay.callback import Callback
@@ -19,22 +25,56 @@ from relay.health import HealthzHandler, LivezHandler, MetricsHandler
 CALLBACK_PATH = re.compile(r"/wechat(?:/([^/]+))?")
 
 
-class RelayRouter(Router):
+class RelayServer(HTTPServerConnectionDelegate):
     """The callback URL goes to its own message delegate (relay/callback.py), the rest to `app`."""
 
     def __init__(self, relay: Relay, app: Application) -> None:
         self.relay = relay
         self.app = app
 
-    def find_handler(self, request: HTTPServerRequest, **_: Any) -> HTTPMessageDelegate | None:
-        callback = CALLBACK_PATH.fullmatch(request.path)
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        return _ByPath(self, server_conn, request_conn)
+
+
+class _ByPath(HTTPMessageDelegate):
+    """Chooses the request's delegate by its path, as Tornado's routing does, but without the
+    HTTPServerRequest it builds first (a deep copy of the query among the rest): the callback
+    needs none."""
+
+    def __init__(self, server: RelayServer, server_conn: object, request_conn: HTTPConnection) -> None:
+        self.server = server
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.delegate: HTTPMessageDelegate | None = None
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, RequestStartLine)
+        callback = CALLBACK_PATH.fullmatch(start_line.path.partition("?")[0])
         if callback is None:
-            return self.app.find_handler(request)
-        name = callback.group(1)
-        return Callback(self.relay, request, unquote(name) if name else None)
+            self.delegate = self.server.app.start_request(self.server_conn, self.request_conn)
+        else:
+            name = callback.group(1)
+            # The peer's address, as HTTPServer's connection context holds it (no X-Real-IP here: relay/sources.py).
+            peer = getattr(getattr(self.request_conn, "context", None), "remote_ip", "") or ""
+            self.delegate = Callback(self.server.relay, self.request_conn, peer, unquote(name) if name else None)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        assert self.delegate is not None
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self.delegate is not None
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
 
 
-def make_router(relay: Relay) -> RelayRouter:
+def make_server(relay: Relay) -> RelayServer:
     app = Application(
         [
             (r"/livez", LivezHandler),
@@ -46,4 +86,4 @@ def make_router(relay: Relay) -> RelayRouter:
         # Access lines for every request would cost more than the request.
         log_function=lambda handler: None,
     )
-    return RelayRouter(relay, app)
+    return RelayServer(relay, app)

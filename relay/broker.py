@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from common import ledger
 from common.settings import Settings
-from relay.celery_message import task_message
+from relay.celery_message import new_id, task_message
 from relay.pipeline import PipelinedRedis, Script
 from relay.seen_signatures import SignatureUse
 
@@ -49,7 +49,7 @@ class Broker:
         `answered`: a spooled message whose delivery was answered `success`. `signature`: a plaintext
         delivery's, refused (ledger.SIGNATURE_REUSED, nothing claimed) if seen with another body."""
         # The ledger keeps the tag: by it the sweep tells a task a worker holds from one lost.
-        tag = str(uuid.uuid4())
+        tag = new_id()
         message = task_message(HANDLE_TASK, [xml, dedupe_key], queue, delivery_tag=tag)
         keys = [ledger.record_key(dedupe_key), queue, ledger.DUE_KEY]
         args = [self._ttl, message, str(self._due_after), int(answered), dedupe_key, tag, self.reply_to]

@@ -17,14 +17,15 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TypeVar
+from urllib.parse import parse_qsl
 
-from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest, RequestStartLine, ResponseStartLine
+from tornado.httputil import HTTPConnection, HTTPHeaders, HTTPMessageDelegate, RequestStartLine, ResponseStartLine
 
 from common import ledger
 from common.accounts import DEFAULT, WECOM
 from relay.context import Relay
 from relay.dispatch import HangUp
-from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
+from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED, child
 from relay.routes import Route
 from relay.seen_signatures import SignatureUse, use_of
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError
@@ -64,13 +65,15 @@ DATE = HTTPDate()
 
 
 class Callback(HTTPMessageDelegate):
-    """One request to the callback URL of the account `name` (None: the account `default`)."""
+    """One request to the callback URL of the account `name` (None: the account `default`), from `peer`."""
 
-    def __init__(self, relay: Relay, request: HTTPServerRequest, name: str | None) -> None:
+    def __init__(self, relay: Relay, connection: HTTPConnection, peer: str, name: str | None) -> None:
         self.relay = relay
         self.config = relay.settings
-        self.request = request
+        self.connection = connection
+        self.peer = peer
         self.name = name or DEFAULT
+        self.method = self.path = ""
         self.chunks: list[bytes] = []
         self.size = 0
         self.hung_up = HangUp()
@@ -78,27 +81,27 @@ class Callback(HTTPMessageDelegate):
         self.route: Route | None = None
         self.task: asyncio.Task[None] | None = None
         # WeChat hanging up while the reply is awaited ends the wait (relay/dispatch.py).
-        request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
+        connection.set_close_callback(self.on_connection_close)
 
     # -- what Tornado calls ---------------------------------------------------------------------------------
 
     def headers_received(self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders) -> None:
         # Checked before the body is read: an unknown, unsigned or oversize
         # request costs us nothing but its headers.
+        assert isinstance(start_line, RequestStartLine)
+        self.method = method = start_line.method
+        self.path, _, query = start_line.path.partition("?")
         route = self.relay.routes.get(self.name)
         if route is None:
             self.respond(404, "not found")
             return
         self.route = route
         self.wecom = route.account.kind == WECOM
-        method = self.request.method
         try:
             if method not in ("GET", "POST"):
                 raise Rejected(405, "method", "method not allowed")
-            self.query = {name: values[-1] for name, values in self.request.query_arguments.items()}
-            # Tornado's two copies of the query, a list for each argument, would be held as long as the delivery.
-            self.request.arguments = self.request.query_arguments = {}
-            if not self.relay.sources.admits(self.request):
+            self.query = self.parse_query(query)
+            if not self.relay.sources.admits(self.peer, headers):
                 raise Rejected(403, "source_address", "source address not allowed")
             self.check_signature()
             if method == "POST" and not self.encrypted and "plain" not in route.account.modes:
@@ -111,7 +114,7 @@ class Callback(HTTPMessageDelegate):
             return
         # Chunked bodies are counted in data_received; this is only the
         # point past which Tornado drops the connection by itself.
-        self.request.connection.set_max_body_size(4 * self.config.max_body)  # type: ignore[union-attr]
+        self.connection.set_max_body_size(4 * self.config.max_body)  # type: ignore[attr-defined]
 
     def data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -121,7 +124,7 @@ class Callback(HTTPMessageDelegate):
     def finish(self) -> None:
         if self.answered:
             return
-        self.task = asyncio.ensure_future(self.post() if self.request.method == "POST" else self.get())
+        self.task = asyncio.ensure_future(self.post() if self.method == "POST" else self.get())
         self.task.add_done_callback(self.failed)
 
     def on_connection_close(self) -> None:
@@ -129,15 +132,17 @@ class Callback(HTTPMessageDelegate):
 
     # -- the request ----------------------------------------------------------------------------------------
 
-    def argument(self, name: str) -> str:
-        """A query argument as RequestHandler gives it: the last one, decoded and stripped; '' when absent."""
-        value = self.query.get(name)
-        if value is None:
-            return ""
+    @staticmethod
+    def parse_query(query: str) -> dict[str, str]:
+        """Each argument's last value, as RequestHandler's get_query_argument takes it."""
         try:
-            return value.decode().strip()
+            return dict(parse_qsl(query, keep_blank_values=True, errors="strict"))
         except UnicodeDecodeError:
-            raise Rejected(400, "malformed_query", f"invalid {name}") from None
+            raise Rejected(400, "malformed_query", "invalid query string") from None
+
+    def argument(self, name: str) -> str:
+        """A query argument, stripped; '' when absent."""
+        return self.query.get(name, "").strip()
 
     @property
     def encrypted(self) -> bool:
@@ -170,21 +175,20 @@ class Callback(HTTPMessageDelegate):
         headers["Date"] = str(DATE)
         # The echoed echostr is the caller's text: a browser must not take it for HTML.
         headers["X-Content-Type-Options"] = "nosniff"
-        connection = self.request.connection
-        assert connection is not None
+        connection = self.connection
         connection.set_close_callback(None)
         connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, data)
         connection.finish()
 
     def reject(self, rejected: Rejected) -> None:
-        REJECTED.labels(self.route.account.name if self.route else self.name, rejected.reason).inc()
+        child(REJECTED, self.route.account.name if self.route else self.name, rejected.reason).inc()
         self.respond(rejected.status, rejected.text)
 
     def failed(self, task: asyncio.Task[None]) -> None:
         """A fault of ours: logged with its traceback here, never shown to the client."""
         if task.cancelled() or task.exception() is None:
             return
-        log.error("callback %s %s failed", self.request.method, self.request.path, exc_info=task.exception())
+        log.error("callback %s %s failed", self.method, self.path, exc_info=task.exception())
         if not self.hung_up.is_set():
             self.respond(500, "internal error")
 
@@ -199,7 +203,7 @@ class Callback(HTTPMessageDelegate):
             self.reject(rejected)
             return
         assert self.route is not None
-        VERIFIED.labels(self.route.account.name).inc()
+        child(VERIFIED, self.route.account.name).inc()
         self.respond(200, echostr)
 
     def decrypt_echostr(self, echostr: str) -> str:
@@ -234,16 +238,16 @@ class Callback(HTTPMessageDelegate):
         except (OSError, sqlite3.Error) as exc:
             # Neither Redis nor the spool could keep it: WeChat must try again.
             log.error("cannot keep message %s: %s", key, exc)
-            MESSAGES.labels(account, "unavailable").inc()
+            child(MESSAGES, account, "unavailable").inc()
             self.respond(503, "service unavailable")
             return
         if outcome.how == "replayed":
             self.reject(Rejected(403, "replayed", "signature already used with another body"))
             return
-        MESSAGES.labels(account, outcome.how).inc()
+        child(MESSAGES, account, outcome.how).inc()
         if outcome.reply is None:
             return
-        REPLY_SECONDS.labels(account).observe(time.monotonic() - started)
+        child(REPLY_SECONDS, account).observe(time.monotonic() - started)
         reply = outcome.reply
         if not reply and outcome.how in LATE_OUTCOMES and route.account.keeps_for_pickup:
             reply = self.pickup_notice(route)

@@ -15,7 +15,7 @@ import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders
 from tornado.ioloop import PeriodicCallback
 
 from common.settings import WECHAT_SOURCES, Settings
@@ -50,17 +50,17 @@ class SourceFilter:
         self.wechat: WeChatAddresses | None = None
         self._refresher: PeriodicCallback | None = None
 
-    def _client_address(self, request: HTTPServerRequest) -> str:
-        peer = request.remote_ip or ""
+    def _client_address(self, peer: str, headers: HTTPHeaders) -> str:
         if _within(peer, self._proxies):
-            return request.headers.get("X-Real-IP", peer)
+            return headers.get("X-Real-IP", peer)
         return peer
 
-    def admits(self, request: HTTPServerRequest) -> bool:
+    def admits(self, peer: str, headers: HTTPHeaders) -> bool:
+        """Whether a request from `peer` (the connection's address) with these headers may come in."""
         if not self.enabled:
             return True
         wechat = self.wechat.networks if self.wechat is not None else ()
-        return _within(self._client_address(request), self._static + wechat)
+        return _within(self._client_address(peer, headers), self._static + wechat)
 
     async def start(self) -> None:
         """Read WeChat's addresses now, then every REFRESH seconds (only when they are wanted)."""
