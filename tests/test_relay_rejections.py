@@ -138,3 +138,20 @@ def test_bad_configuration_stops_the_relay_at_start(stack_env):
     done = subprocess.run([sys.executable, "-m", "relay", "--port", "1"], env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "WECHAT_AES_KEY" in done.stderr
+
+
+def test_another_method_is_405_and_not_dispatched(relay, redis_server):
+    params, body = signed(MsgId="555000333")
+    before = relay.metric("wxrelay_rejected_total", reason="method")
+    response = httpx.put(relay.callback, params=params, content=body, timeout=5)
+    assert_rejected(response, 405, relay, "method", before)
+    assert not redis_server.client().exists("wxrelay:msg:msg:555000333")
+
+
+def test_a_query_that_is_not_utf8_is_400_and_not_dispatched(relay, redis_server):
+    params, body = signed(MsgId="555000444")
+    query = "&".join(f"{name}={value}" for name, value in params.items()) + "&nonce=%ff%fe"
+    before = relay.metric("wxrelay_rejected_total", reason="malformed_query")
+    response = httpx.post(f"{relay.callback}?{query}", content=body, timeout=5)
+    assert_rejected(response, 400, relay, "malformed_query", before)
+    assert not redis_server.client().exists("wxrelay:msg:msg:555000444")
