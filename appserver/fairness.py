@@ -15,9 +15,10 @@ account may use every slot.
 The slots are kombu's: messages taken from the queues and not yet
 acknowledged (acknowledged when the handler ends: task_acks_late), which is
 the prefetch count — less the async handlers awaiting on a coroutine, which
-widen the prefetch and hold no slot (appserver/awaiting.py). The decision is made where kombu chooses the queues of
-its next BRPOP; an account out of room is left out of it, and is back in
-it at the next poll after one of its handlers ends.
+widen the prefetch and hold no slot (appserver/awaiting.py). The decision is made where the worker chooses the
+queues of its next pop (appserver/batch_pop.py), and how many it may take
+there; an account out of room is left out of it, and is back in it at the
+next poll after one of its handlers ends.
 """
 
 from __future__ import annotations
@@ -26,21 +27,25 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from kombu.transport import redis as kombu_redis
-
 from appserver.awaiting import awaiting
+
+
+def rooms(queues: Sequence[str], held: Counter[str], slots: int) -> dict[str, int]:
+    """How many more messages a worker may take from each queue, given what it holds of each."""
+    total = sum(held[queue] for queue in queues)
+    guaranteed = slots // (2 * len(queues)) if queues else 0
+    if len(queues) < 2 or not guaranteed:
+        # More accounts than half the slots: no share to guarantee, kombu's turns alone.
+        return {queue: slots - total for queue in queues}
+    unused = {queue: max(0, guaranteed - held[queue]) for queue in queues}
+    reserved = sum(unused.values())
+    return {queue: slots - total - (reserved - unused[queue]) for queue in queues}
 
 
 def admissible(queues: Sequence[str], held: Counter[str], slots: int) -> list[str]:
     """The queues a worker may take one more message from, given what it holds of each."""
-    guaranteed = slots // (2 * len(queues))
-    if len(queues) < 2 or not guaranteed:
-        # More accounts than half the slots: no share to guarantee, kombu's turns alone.
-        return list(queues)
-    unused = {queue: max(0, guaranteed - held[queue]) for queue in queues}
-    total = sum(held[queue] for queue in queues)
-    reserved = sum(unused.values())
-    return [queue for queue in queues if total + 1 + reserved - unused[queue] <= slots]
+    room = rooms(queues, held, slots)
+    return [queue for queue in queues if room[queue] >= 1]
 
 
 def held(qos: Any) -> Counter[str]:
@@ -51,36 +56,15 @@ def held(qos: Any) -> Counter[str]:
     return Counter(message.delivery_info.get("routing_key") for tag, message in delivered if tag not in acked)
 
 
-class _FairCycle:
-    """kombu's round robin over the queues, less those out of room."""
-
-    def __init__(self, cycle: Any, channel: Any) -> None:
-        self._cycle = cycle
-        self._channel = channel
-
-    def consume(self, n: int) -> list[str]:
-        queues = self._cycle.consume(n)
-        qos = self._channel.qos
-        # Awaiting handlers hold a coroutine, not a slot (appserver/awaiting.py): shares are of the slots.
-        widened = awaiting.widened()
-        slots = (qos.prefetch_count or 0) - sum(widened.values())
-        allowed = set(admissible(queues, held(qos) - widened, slots))
-        return [queue for queue in queues if queue in allowed]
-
-    def update(self, *args: Any) -> Any:
-        return self._cycle.update(*args)
-
-    def rotate(self, last_used: str) -> Any:
-        return self._cycle.rotate(last_used)
-
-
-_brpop_start = kombu_redis.Channel._brpop_start
-
-
-def _fair_brpop_start(channel: Any, timeout: float | None = None) -> None:
-    if not isinstance(channel._queue_cycle, _FairCycle):
-        channel._queue_cycle = _FairCycle(channel._queue_cycle, channel)
-    _brpop_start(channel, timeout)
-
-
-kombu_redis.Channel._brpop_start = _fair_brpop_start
+def consumable(channel: Any, most: int) -> tuple[list[str], int]:
+    """The queues of kombu's next turn that have room, and how many messages (at most `most`) each may
+    surely take: kombu's round robin over the queues, less those out of room."""
+    queues = channel._queue_cycle.consume(len(channel.active_queues))
+    qos = channel.qos
+    if not qos.prefetch_count:
+        return queues, most
+    # Awaiting handlers hold a coroutine, not a slot (appserver/awaiting.py): shares are of the slots.
+    widened = awaiting.widened()
+    room = rooms(queues, held(qos) - widened, qos.prefetch_count - sum(widened.values()))
+    allowed = [queue for queue in queues if room[queue] >= 1]
+    return allowed, min([most, *(room[queue] for queue in allowed)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from appserver.fairness import admissible
+from appserver.fairness import admissible, rooms
 
 
 def test_alone_an_account_may_use_every_slot():
@@ -32,3 +32,11 @@ def test_three_accounts_keep_a_share_each_for_the_idle_ones():
 def test_more_accounts_than_half_the_slots_are_served_in_turns_only():
     queues = [f"q{n}" for n in range(30)]
     assert admissible(queues, Counter(q0=49), 50) == queues
+
+
+def test_a_pop_takes_no_more_than_each_account_has_room_for():
+    # What a worker may take at once (appserver/batch_pop.py): alone, every free slot.
+    assert rooms(["a"], Counter(a=42), 50) == {"a": 8}
+    # Two accounts of 50 slots, a share of 12 each: A holding 30 may take 8 more, B (holding 1) 19.
+    assert rooms(["a", "b"], Counter(a=30, b=1), 50) == {"a": 8, "b": 19}
+    assert admissible(["a", "b"], Counter(a=38), 50) == ["b"] and rooms(["a", "b"], Counter(a=38), 50)["b"] == 12
