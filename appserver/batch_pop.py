@@ -33,7 +33,7 @@ _brpop_read = kombu_redis.Channel._brpop_read
 
 
 def _blmpop_available(channel: Any) -> bool:
-    """Whether this channel's Redis has BLMPOP (asked once a channel: a reconnected one may be another)."""
+    """Whether this channel's Redis has BLMPOP (asked once, on the channel's first pop)."""
     found = channel.__dict__.get("_wxrelay_blmpop")
     if found is None:
         version = str(channel.client.info("server").get("redis_version", ""))
