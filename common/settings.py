@@ -56,6 +56,19 @@ def _text(value: str) -> str:
     return value
 
 
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return value
+
+
+def _port_or_off(value: str) -> int:
+    number = int(value)
+    if not 0 <= number < 65536:
+        raise ValueError("must be a port, or 0 for none")
+    return number
+
+
 def _late_path(value: str) -> str:
     if value not in ("", "api", "pickup"):
         raise ValueError("must be api or pickup (empty: api with WECHAT_APPSECRET, else pickup)")
@@ -217,6 +230,26 @@ SETTINGS: dict[str, Setting] = {
     "task_soft_time_limit": Setting("WXRELAY_TASK_SOFT_TIME_LIMIT", "60", _positive_int, "Handler soft limit (s)."),
     "task_time_limit": Setting("WXRELAY_TASK_TIME_LIMIT", "90", _positive_int, "Handler hard limit (s)."),
     "log_level": Setting("WXRELAY_LOG_LEVEL", "INFO", str, "Log level of every process."),
+    "log_format": Setting(
+        "WXRELAY_LOG_FORMAT",
+        "text",
+        _log_format,
+        "text: readable lines; json: one JSON object a line in every process (with the message key, account, "
+        "outcome and duration where a line is about a message), for log shippers.",
+    ),
+    "worker_metrics_port": Setting(
+        "WXRELAY_WORKER_METRICS_PORT",
+        "8101",
+        _port_or_off,
+        "First worker's Prometheus /metrics port on 127.0.0.1 (worker n: +n; never behind nginx); 0 = none.",
+    ),
+    "public_url": Setting(
+        "WXRELAY_PUBLIC_URL",
+        "",
+        str,
+        "The callback URL as WeChat reaches it (https://wx.example.com/wechat): `make doctor` checks URL "
+        "verification and the certificate through it; empty = not checked.",
+    ),
     "state_dir": Setting(
         "WXRELAY_STATE_DIR", ".state", str, "Local appliance: folder of its configs, logs, pids and Redis data."
     ),
@@ -296,6 +329,9 @@ class Settings:
     task_soft_time_limit: int
     task_time_limit: int
     log_level: str
+    log_format: str
+    worker_metrics_port: int
+    public_url: str
     state_dir: str
     redis_port: int
     http_port: int
