@@ -15,6 +15,7 @@ help:
 	@echo "make run      start the whole appliance locally (nginx, relays, workers, Redis)"
 	@echo "make say      talk to it as WeChat would: make say TEXT=hello [ACCOUNT=name] [MODE=plain|compat|safe]"
 	@echo "make status   the state of every process and of the chain"
+	@echo "make doctor   every link checked, what is wrong said with its fix (INVENTORY=path: the deployed hosts)"
 	@echo "make logs     follow the logs"
 	@echo "make stop     stop everything make run started"
 	@echo "make test     the test suite"

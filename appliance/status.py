@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -21,22 +22,26 @@ class Check:
     ok: bool
     detail: str
 
-    def line(self) -> str:
-        return f"  {'✓' if self.ok else '✗'} {self.part:<8} {self.detail}"
+    def line(self, width: int = 8) -> str:
+        return f"  {'✓' if self.ok else '✗'} {self.part:<{width}} {self.detail}"
 
 
 def chain(local: Local) -> list[Check]:
+    return chain_of(local.settings.http_port, local.relay_ports, local.redis_url, local.settings.workers)
+
+
+def chain_of(http_port: int, relay_ports: list[int], redis_url: str, workers: int) -> list[Check]:
+    """nginx on `http_port`, each relay, Redis, and the workers the relays see."""
     # trust_env=False: a proxy configured for the user's browser has no business here.
     with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client:
-        checks = [_nginx(client, local)]
+        checks = [_nginx(client, http_port)]
         seen = 0
-        for port in local.relay_ports:
-            check, workers = _relay(client, port)
+        for port in relay_ports:
+            check, found = _relay(client, port)
             checks.append(check)
-            seen = max(seen, workers)
-    checks.append(_redis(local))
-    expected = local.settings.workers
-    checks.append(Check("workers", seen >= expected, f"{seen} of {expected} seen by the relays"))
+            seen = max(seen, found)
+    checks.append(redis_check(redis_url))
+    checks.append(Check("workers", seen >= workers, f"{seen} of {workers} seen by the relays"))
     return checks
 
 
@@ -49,10 +54,10 @@ def through_nginx(local: Local) -> bool:
         return False
 
 
-def _nginx(client: httpx.Client, local: Local) -> Check:
-    where = f":{local.settings.http_port} /livez"
+def _nginx(client: httpx.Client, http_port: int) -> Check:
+    where = f":{http_port} /livez"
     try:
-        status = client.get(f"http://127.0.0.1:{local.settings.http_port}/livez").status_code
+        status = client.get(f"http://127.0.0.1:{http_port}/livez").status_code
     except httpx.HTTPError as exc:
         return Check("nginx", False, f"{where} → {_reason(exc)}")
     return Check("nginx", status == 200, f"{where} → {status}")
@@ -73,9 +78,9 @@ def _relay(client: httpx.Client, port: int) -> tuple[Check, int]:
     return Check("relay", response.status_code == 200, f"{where} → {', '.join(parts)}"), int(report.get("workers", 0))
 
 
-def _redis(local: Local) -> Check:
-    where = f":{local.redis_port} PING"
-    client = redis.Redis.from_url(local.redis_url, socket_timeout=PROBE_TIMEOUT)
+def redis_check(url: str) -> Check:
+    where = f":{urlsplit(url).port or 6379} PING"
+    client = redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT)
     try:
         return Check("redis", bool(client.ping()), f"{where} → PONG")
     except redis.RedisError as exc:

@@ -66,8 +66,7 @@ class Supervisor:
         self.layout = layout
 
     def _rpc(self) -> Any:
-        transport = _UnixTransport(str(self.layout.socket), RPC_TIMEOUT)
-        return xmlrpc.client.ServerProxy("http://localhost", transport=transport).supervisor
+        return _rpc_at(str(self.layout.socket))
 
     def pid(self) -> int | None:
         """The supervisord of this state folder, if its pid file names one that is alive."""
@@ -83,10 +82,7 @@ class Supervisor:
             return False
 
     def processes(self) -> list[ProcessInfo]:
-        return [
-            ProcessInfo(_full_name(info), info["statename"], info["pid"], info["description"])
-            for info in self._rpc().getAllProcessInfo()
-        ]
+        return processes_at(str(self.layout.socket))
 
     def start(self, name: str) -> None:
         try:
@@ -153,6 +149,19 @@ class Supervisor:
             )
         if code != 0:
             raise ApplianceError(f"supervisord did not start ({code}): {log.read_text(errors='replace').strip()}")
+
+
+def _rpc_at(socket: str) -> Any:
+    transport = _UnixTransport(socket, RPC_TIMEOUT)
+    return xmlrpc.client.ServerProxy("http://localhost", transport=transport).supervisor
+
+
+def processes_at(socket: str) -> list[ProcessInfo]:
+    """What the supervisord listening on `socket` runs (the local one's, or a server's)."""
+    return [
+        ProcessInfo(_full_name(info), info["statename"], info["pid"], info["description"])
+        for info in _rpc_at(socket).getAllProcessInfo()
+    ]
 
 
 def _full_name(info: dict[str, Any]) -> str:

@@ -43,7 +43,10 @@ return 1
 
 
 class TokenError(Exception):
-    pass
+    def __init__(self, message: str, errcode: int | None = None, errmsg: str = "") -> None:
+        super().__init__(message)
+        self.errcode = errcode
+        self.errmsg = errmsg
 
 
 def token_key(owner: str) -> str:
@@ -85,6 +88,11 @@ class AccessTokens:
                 finally:
                     lock.release()
         raise TokenError("timed out waiting for another process to fetch the access_token")
+
+    def ask(self) -> tuple[str, int]:
+        """WeChat's token for the account now, and its seconds to live, kept nowhere: stable_token and gettoken
+        hand back the one in use, so asking invalidates nothing (the doctor's check of secret and whitelist)."""
+        return self._request_token(force=False)
 
     def discard(self, token: str) -> None:
         self._discard(keys=[self._key, self._refused_key], args=[token, REFUSED_SECONDS])
@@ -133,5 +141,8 @@ def owner_of(account: Account, client: redis.Redis, http: httpx.Client) -> Acces
 def _token_of(answer: dict[str, object]) -> tuple[str, int]:
     token = answer.get("access_token")
     if not token or not isinstance(token, str):
-        raise TokenError(f"token refused: errcode={answer.get('errcode')} {answer.get('errmsg', '')}")
+        errcode, errmsg = answer.get("errcode"), str(answer.get("errmsg", ""))
+        raise TokenError(
+            f"token refused: errcode={errcode} {errmsg}", errcode if isinstance(errcode, int) else None, errmsg
+        )
     return token, int(answer.get("expires_in", 7200))  # type: ignore[call-overload]

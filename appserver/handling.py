@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -12,11 +13,11 @@ from typing import Any
 
 import redis
 
-from appserver import coroutines, wechat_api
+from appserver import coroutines, failures, wechat_api
 from appserver.bot import Bot
 from appserver.routing import Handler
 from appserver.session import Session
-from common import ledger
+from common import ledger, problems
 from common.accounts import DEFAULT
 from wechat.events import BaseEvent
 from wechat.messages import BaseMessage
@@ -145,10 +146,13 @@ class _Run:
         return answer
 
     def failed(self) -> Answer:
-        """Logs the exception being handled, with the message's key; no reply."""
+        """Logs the exception being handled, with the message's key, and keeps it for the operator; no reply."""
         self.session.release()
         where = ledger.message_key(self.account, self.msg.dedupe_key)
-        log.exception("handler %s failed on message %s", getattr(self.handler, "__name__", self.handler), where)
+        name = str(getattr(self.handler, "__name__", self.handler))
+        log.exception("handler %s failed on message %s", name, where)
+        error = sys.exc_info()[1]
+        failures.note(self.account, problems.HANDLER, name, f"{type(error).__name__}: {error}")
         return Answer.none(self.msg)
 
 

@@ -11,7 +11,7 @@ from celery import Task
 from celery.app.task import Context
 from redis.commands.core import Script
 
-from appserver import awaiting, pickup, typing_indicator
+from appserver import awaiting, failures, pickup, typing_indicator
 from appserver.access_token import TokenError
 from appserver.app import app, serving, settings
 from appserver.bot import Bot
@@ -19,7 +19,7 @@ from appserver.connection import client, through_outages
 from appserver.customer_service import NO_PERMISSION, CustomerService, SendResult
 from appserver.handling import Answer, Awaiting, begin, start
 from appserver.loader import load_bot
-from common import ledger
+from common import ledger, problems
 from common.accounts import Account
 
 log = logging.getLogger("wxrelay.tasks")
@@ -202,6 +202,7 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
             dedupe_key,
         )
         service.count("late_no_permission")
+        failures.note(account.name, problems.LATE, str(result.errcode), "kept for the user's next message instead")
         _keep(dedupe_key, account, json.loads(payload)["touser"])
         return
     state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
@@ -214,6 +215,7 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     stat = {"refused": "late_refused", "unconfigured": "late_unconfigured"}.get(result.outcome, "late_failed")
     service.count(stat)
     log.warning("late reply to %s not sent (%s): %s %s", dedupe_key, result.outcome, result.errcode, result.detail)
+    failures.note(account.name, problems.LATE, str(result.errcode or result.outcome), result.detail)
 
 
 def _keep(dedupe_key: str, account: Account, user: str | None = None) -> None:

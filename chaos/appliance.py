@@ -217,6 +217,13 @@ class Appliance:
             raise RuntimeError(f"python -m appliance run failed ({result.returncode}):\n{result.stdout}{result.stderr}")
         self.runs_file.touch()
 
+    def doctor(self, environ: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`python -m appliance doctor` against this appliance (`environ`: more variables, e.g. SSL_CERT_FILE)."""
+        return subprocess.run(
+            [sys.executable, "-m", "appliance", "doctor"],
+            cwd=ROOT, env={**self._environ(), **(environ or {})}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
     def stop(self) -> str:
         if self._redis is not None:
             self._redis.close()

@@ -107,6 +107,11 @@ class FakeWeChatAPI:
         self._templates: list[dict[str, Any]] = []
         self._media: dict[str, tuple[str, bytes]] = {}
         self._menus: dict[str, dict[str, Any]] = {}
+        # What an operator meets: every token request refused with an errcode (40164, 40125…), owners
+        # without the customer-service API (48001), and a clock this far off the caller's (the Date header).
+        self._token_refusal = 0
+        self._no_customer_service: set[str] = set()
+        self.clock_offset = 0.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -286,6 +291,20 @@ class FakeWeChatAPI:
             self._drops = 0
             self._changed.notify_all()
 
+    def refuse_tokens(self, errcode: int) -> None:
+        """Answer every token request (token, stable_token, gettoken) with `errcode`; 0 ends it."""
+        with self._changed:
+            self._token_refusal = errcode
+
+    def deny_customer_service(self, owner: str | None = None) -> None:
+        """The account has no customer-service API: its sends and its quota query answer 48001."""
+        with self._changed:
+            self._no_customer_service.add(owner or self.appid)
+
+    def allow_customer_service(self, owner: str | None = None) -> None:
+        with self._changed:
+            self._no_customer_service.discard(owner or self.appid)
+
     def expire_tokens(self) -> None:
         """Expire every issued token: the next send with one gets 42001."""
         with self._changed:
@@ -329,10 +348,12 @@ class FakeWeChatAPI:
         self._stable[owner] = self._mint(owner)
         return self._stable[owner]
 
-    def issue_token(self, query: dict[str, str]) -> dict[str, Any]:
+    def issue_token(self, query: dict[str, str], caller: str = "127.0.0.1") -> dict[str, Any]:
         with self._changed:
             self._calls["token"] += 1
         self._wait_while_held()
+        if self._token_refusal:
+            return self._refused(caller)
         if query.get("grant_type") != "client_credential":
             return _error(40002)
         appid = query.get("appid", "")
@@ -346,8 +367,10 @@ class FakeWeChatAPI:
             self._changed.notify_all()
         return {"access_token": token, "expires_in": self.expires_in}
 
-    def stable_token(self, body: bytes) -> dict[str, Any]:
+    def stable_token(self, body: bytes, caller: str = "127.0.0.1") -> dict[str, Any]:
         self._wait_while_held()
+        if self._token_refusal:
+            return self._refused(caller)
         try:
             request = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -365,9 +388,11 @@ class FakeWeChatAPI:
             self._changed.notify_all()
             return {"access_token": token, "expires_in": self.expires_in}
 
-    def wecom_token(self, query: dict[str, str]) -> dict[str, Any]:
+    def wecom_token(self, query: dict[str, str], caller: str = "127.0.0.1") -> dict[str, Any]:
         """WeCom's gettoken: the app's token still valid, or a new one."""
         self._wait_while_held()
+        if self._token_refusal:
+            return self._refused(caller)
         corpid = query.get("corpid", "")
         if not any(corp == corpid for corp, _ in self._wecom_apps):
             return _error(40013)
@@ -379,6 +404,24 @@ class FakeWeChatAPI:
             token = self._stable_of(f"{corpid}:{agentid}", force=False)
             self._changed.notify_all()
             return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": self.expires_in}
+
+    def _refused(self, caller: str) -> dict[str, Any]:
+        errcode = self._token_refusal
+        if errcode == 40164:
+            # As WeChat words it: the caller's address, which the operator must add to the whitelist.
+            return {"errcode": errcode, "errmsg": f"invalid ip {caller} ipv6 ::ffff:{caller}, not in whitelist"}
+        return _error(errcode)
+
+    def quota(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
+        """openapi/quota/get: an API's daily quota, or 48001 when the account may not call it."""
+        with self._changed:
+            errcode, owner = self._owner_of("openapi/quota/get", query)
+            if errcode:
+                return _error(errcode)
+            path = (_json_object(body) or {}).get("cgi_path")
+            if path == "/cgi-bin/message/custom/send" and owner in self._no_customer_service:
+                return _error(48001)
+            return {"errcode": 0, "errmsg": "ok", "quota": {"daily_limit": 500000, "used": 0, "remain": 500000}}
 
     def callback_ips(self, query: dict[str, str]) -> dict[str, Any]:
         with self._changed:
@@ -525,6 +568,8 @@ class FakeWeChatAPI:
         if ":" in owner:  # a WeCom app's token: the send names the app
             if not isinstance(payload, dict) or str(payload.get("agentid")) != owner.partition(":")[2]:
                 return 40056, None
+        if owner in self._no_customer_service:
+            return 48001, None
         if self._failures:
             return self._failures.popleft(), None
         return 0, payload
@@ -556,9 +601,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path, query = self._target()
         if path == "/cgi-bin/token":
-            self._answer(self.server.api.issue_token(query))
+            self._answer(self.server.api.issue_token(query, self.client_address[0]))
         elif path == "/cgi-bin/gettoken":
-            self._answer(self.server.api.wecom_token(query))
+            self._answer(self.server.api.wecom_token(query, self.client_address[0]))
         elif path == "/cgi-bin/getcallbackip":
             self._answer(self.server.api.callback_ips(query))
         elif path == "/cgi-bin/user/info":
@@ -578,7 +623,9 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._target()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if path == "/cgi-bin/stable_token":
-            self._answer(self.server.api.stable_token(body))
+            self._answer(self.server.api.stable_token(body, self.client_address[0]))
+        elif path == "/cgi-bin/openapi/quota/get":
+            self._answer(self.server.api.quota(query, body))
         elif path in ("/cgi-bin/message/custom/send", "/cgi-bin/message/send"):
             answer = self.server.api.custom_send(query, body)
             if answer is None:
@@ -610,6 +657,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header: the doctor reads WeChat's clock from it.
+        return super().date_time_string(time.time() + self.server.api.clock_offset)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Tests read the recorded requests, not a request log.
