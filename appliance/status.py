@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -11,6 +13,7 @@ import redis
 from appliance import config
 from appliance.config import Layout, Local
 from appliance.supervisor import ProcessInfo, Supervisor
+from common import problems
 from wechat.exceptions import InvalidConfigError
 
 PROBE_TIMEOUT = 2.0
@@ -97,6 +100,38 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def last_minute(local: Local) -> str:
+    """The relays' deliveries and rejections of the last minute, and the bot's failures, in a line."""
+    messages: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client:
+        for port in local.relay_ports:
+            try:
+                seen = client.get(f"http://127.0.0.1:{port}/healthz").json().get("last_minute", {})
+            except (httpx.HTTPError, ValueError):
+                continue  # the chain says why
+            messages.update(seen.get("messages", {}))
+            rejected.update(seen.get("rejected", {}))
+    parts = [_tally(messages, "messages"), _tally(rejected, "rejected")]
+    client = redis.Redis.from_url(local.redis_url, socket_timeout=PROBE_TIMEOUT)
+    try:
+        failures = Counter(problem.kind for problem in problems.since(client, time.time() - 60))
+    except redis.RedisError:
+        failures = None
+    finally:
+        client.close()
+    if failures is not None:
+        parts.append(f"{failures[problems.HANDLER]} bot failures, {failures[problems.LATE]} late replies refused")
+    return "; ".join(parts)
+
+
+def _tally(counts: Counter[str], what: str) -> str:
+    total = sum(counts.values())
+    if not total:
+        return f"0 {what}"
+    return f"{total} {what} ({', '.join(f'{name} {n}' for name, n in counts.most_common())})"
+
+
 def program_line(process: ProcessInfo) -> str:
     return f"  {process.name:<28} {process.state:<9} {process.description}"
 
@@ -140,6 +175,7 @@ def report(layout: Layout) -> int:
     print("chain:")
     for check in checks:
         print(check.line())
+    print(f"last minute: {last_minute(local)}")
     if healthy(processes, checks):
         print("all healthy")
         return 0

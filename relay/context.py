@@ -10,6 +10,7 @@ from common.accounts import Accounts
 from common.redaction import Redactor, secrets_of
 from common.settings import Settings
 from relay.dispatch import Dispatcher
+from relay.last_minute import LastMinute
 from relay.replay import Replayer
 from relay.routes import Route, routes
 from relay.shard import Shard
@@ -32,6 +33,7 @@ class Relay:
         self.dispatcher = Dispatcher(self.spool, settings)
         self.replayer = Replayer(self.route_of, self.spool, self.dispatcher)
         self.sources = SourceFilter(settings, self.client)
+        self.last_minute = LastMinute()
         self._redactor = redactor
 
     def _shard(self, url: str) -> Shard:
@@ -56,6 +58,7 @@ class Relay:
             shard.start()
         self.replayer.start()
         await self.sources.start()
+        self.last_minute.start()
 
     def reload(self) -> None:
         """Serve the accounts as the accounts file now lists them (SIGHUP).
@@ -80,6 +83,7 @@ class Relay:
         )  # fmt: skip
 
     async def stop(self) -> None:
+        self.last_minute.stop()
         self.sources.stop()
         await self.replayer.stop()
         for shard in self.shards.values():

@@ -54,6 +54,7 @@ class HealthzHandler(RelayHandler):
             f"{found['address']}: {problem}" if several else problem for found, seen in redises for problem in seen
         ]
         report["spooled"] = self.relay.spool.depth
+        report["last_minute"] = self.relay.last_minute.report()
         if self.relay.spool.depth:
             problems.append(f"{self.relay.spool.depth} messages spooled on disk, waiting for Redis")
         sources = self.relay.sources.problem()

@@ -143,6 +143,8 @@ def test_the_readme_quickstart_runs_the_whole_appliance(appliance: Appliance) ->
             check_say(appliance, command, output)
         elif command == "make status":
             check_status(appliance, output)
+            # The three messages the quickstart sent, at a glance.
+            assert "last minute: 3 messages (passive 3); 0 rejected; 0 bot failures" in output, output
     assert not [pid for pid in started if alive(pid)], "make stop left processes behind"
     assert not listening(appliance.ports), f"make stop left ports bound: {listening(appliance.ports)}"
     assert "wxrelay: not running" in appliance.ok("make stop")
