@@ -15,9 +15,30 @@ from tests.services import Process, RedisServer, free_port, wait_until
 def test_healthz_reports_redis_workers_and_reply_channel(relays):
     report = httpx.get(f"{relays[0].url}/healthz").json()
     assert report == {
-        "redis": True, "workers": report["workers"], "reply_channel": True, "spooled": 0, "problems": [], "status": "ok"
+        "redis": True, "workers": report["workers"], "reply_channel": True, "spooled": 0, "problems": [],
+        "status": "ok", "last_minute": report["last_minute"],
     }  # fmt: skip
     assert report["workers"] >= 1
+
+
+def test_healthz_counts_the_last_minute_by_outcome_and_rejection(relays, wechat):
+    def last_minute() -> dict[str, dict[str, int]]:
+        return httpx.get(f"{relays[1].url}/healthz").json()["last_minute"]
+
+    # A snapshot a second: what the relay had before, once it is in every snapshot of the minute.
+    before = last_minute()
+    sim = wechat("plain", relay=1)
+    assert sim.say("hello").text == "echo: hello"
+    params, body = sim.build_request({"MsgType": "text", "Content": "forged", "MsgId": new_msg_id()})
+    assert sim.deliver({**params, "signature": "0" * 40}, body).answered is False
+    wait_until(
+        lambda: (
+            (now := last_minute())["messages"].get("passive", 0) > before["messages"].get("passive", 0)
+            and now["rejected"].get("signature", 0) > before["rejected"].get("signature", 0)
+        ),
+        5,
+        "the relay's last minute to count the message and the refusal",
+    )
 
 
 def test_healthz_says_what_is_missing_and_a_message_without_redis_is_spooled(log_dir, stack_env):
