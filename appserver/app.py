@@ -197,6 +197,8 @@ def _json_from_the_start(**_: object) -> None:
 
 
 def _set_up_lines(logger: logging.Logger) -> None:
+    # WXRELAY_LOG_LEVEL over the command line's --loglevel: supervisor's is always INFO.
+    logger.setLevel(settings.log_level)
     log_format.install(settings.log_format, logger)
     redaction.install(settings, logger, serving.accounts)
 
@@ -204,7 +206,7 @@ def _set_up_lines(logger: logging.Logger) -> None:
 @after_setup_logger.connect
 def _set_up_root_lines(logger: logging.Logger, **_: object) -> None:
     _set_up_lines(logger)
-    # Celery's pool logger (billiard's) has a handler of its own, beside the root's.
+    # Celery's pool logger (billiard's) has a handler of its own, beside the root's; its level stays Celery's.
     pool = get_multiprocessing_logger()
     log_format.install(settings.log_format, pool)
     redaction.install(settings, pool, serving.accounts)
