@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
 from appserver import coroutines, wechat_api
 from appserver.bot import Bot
@@ -18,12 +20,15 @@ from appserver.routing import Handler
 from appserver.session import Session
 from common import ledger
 from common.accounts import DEFAULT
+from common.log_format import about
 from wechat.events import BaseEvent
 from wechat.messages import BaseMessage
 from wechat.parser import parse_message
 from wechat.replies import Reply, coerce_reply
 
 log = logging.getLogger("wxrelay.appserver")
+# A handler past its time: an async one cancelled (appserver/coroutines.py), a prefork one interrupted.
+TIMED_OUT = (TimeoutError, SoftTimeLimitExceeded)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class _Run:
     handler: Handler
     session: Session
     account: str
+    started: float = field(default_factory=time.monotonic)
 
     def finish(self, result: Any) -> Answer:
         try:
@@ -142,13 +148,23 @@ class _Run:
             return self.failed()
         finally:
             self.session.release()
+        if log.isEnabledFor(logging.DEBUG):  # a line a message: never built at INFO
+            where = ledger.message_key(self.account, self.msg.dedupe_key)
+            outcome = "replied" if answer.xml else "no_reply"
+            log.debug("message %s: %s", where, outcome, extra=about(where, outcome, self.started))
         return answer
 
     def failed(self) -> Answer:
         """Logs the exception being handled, with the message's key; no reply."""
         self.session.release()
         where = ledger.message_key(self.account, self.msg.dedupe_key)
-        log.exception("handler %s failed on message %s", getattr(self.handler, "__name__", self.handler), where)
+        outcome = "timed_out" if isinstance(sys.exc_info()[1], TIMED_OUT) else "raised"
+        log.exception(
+            "handler %s failed on message %s",
+            getattr(self.handler, "__name__", self.handler),
+            where,
+            extra=about(where, outcome, self.started),
+        )
         return Answer.none(self.msg)
 
 
