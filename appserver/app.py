@@ -13,24 +13,39 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.apps import worker as celery_worker
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_after_setup,
+    celeryd_init,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+)
+from celery.utils.log import get_multiprocessing_logger
 from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 from appserver.served import Served, served
-from common import cpu_pinning, open_files, redaction
+from common import cpu_pinning, log_format, open_files, redaction
 from common.accounts import Accounts
 from common.settings import Settings
 from wechat.exceptions import InvalidConfigError
 
 
 def _configure() -> tuple[Settings, Served, str | None]:
-    found = Settings.from_env()
+    # Bots and tools import this package too: only a worker must stop for a bad configuration (_refuse_to_start).
+    try:
+        found = Settings.from_env()
+    except InvalidConfigError as exc:
+        # No setting can be trusted: the defaults, for an app that will not run.
+        defaults = Settings.from_env({}, env_file=os.devnull)
+        return defaults, Served(Accounts({}), (), defaults.redis_url), str(exc)
     try:
         serving = served(found.validate())
     except InvalidConfigError as exc:
-        # Bots and tools import this package too: only a worker must stop for it (_refuse_to_start).
         return found, Served(Accounts({}), (), found.redis_url), str(exc)
     # Its ledger, sessions and chores live where its accounts' queues do.
     return replace(found, redis_url=serving.redis_url), serving, None
@@ -171,7 +186,55 @@ def _refuse_to_start(sender: Any = None, **_: object) -> None:
             logging.getLogger("wxrelay.appserver").info("worker keeps to core %d", core)
 
 
-@after_setup_logger.connect
-@after_setup_task_logger.connect
-def _mask_secrets(logger: logging.Logger, **_: object) -> None:
+@celeryd_init.connect
+def _json_from_the_start(**_: object) -> None:
+    """Celery warns (a worker run as root) before it sets up logging, straight to stderr: in JSON mode the root
+    logger has its handler from the start, Celery keeps it, and warnings go through it."""
+    if settings.log_format == log_format.JSON:
+        logging.basicConfig(stream=sys.__stderr__)
+        log_format.install(settings.log_format)
+        logging.captureWarnings(True)
+
+
+def _set_up_lines(logger: logging.Logger) -> None:
+    # WXRELAY_LOG_LEVEL over the command line's --loglevel: supervisor's is always INFO.
+    logger.setLevel(settings.log_level)
+    log_format.install(settings.log_format, logger)
     redaction.install(settings, logger, serving.accounts)
+
+
+@after_setup_logger.connect
+def _set_up_root_lines(logger: logging.Logger, **_: object) -> None:
+    _set_up_lines(logger)
+    # Celery's pool logger (billiard's) has a handler of its own, beside the root's; its level stays Celery's.
+    pool = get_multiprocessing_logger()
+    log_format.install(settings.log_format, pool)
+    redaction.install(settings, pool, serving.accounts)
+
+
+@after_setup_task_logger.connect
+def _set_up_task_lines(logger: logging.Logger, **_: object) -> None:
+    _set_up_lines(logger)
+
+
+@celeryd_after_setup.connect
+def _banner_as_a_line(instance: Any, **_: object) -> None:
+    """Celery prints its banner, lines of text, to stdout: in JSON mode its facts are one line instead."""
+    if settings.log_format == log_format.JSON:
+        instance.quiet = True
+        facts = instance.startup_info(artlines=False) + (instance.extra_info() or "")
+        logging.getLogger("celery.apps.worker").info("%s", facts.strip())
+
+
+@worker_ready.connect
+def _no_printed_shutdown_notice(sender: Any, **_: object) -> None:
+    """Celery's SIGTERM handler writes "worker: Warm shutdown" to stdout, and a signal handler cannot log
+    safely: in JSON mode the same handler, silent (Celery's `verbose`)."""
+    if settings.log_format == log_format.JSON:
+        celery_worker.install_worker_term_handler(sender.controller, verbose=False)
+
+
+@worker_shutdown.connect
+def _stopped_as_a_line(sender: Any, **_: object) -> None:
+    if settings.log_format == log_format.JSON:
+        logging.getLogger("celery.apps.worker").info("%s stopped", sender.hostname)

@@ -8,10 +8,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
 from appserver import coroutines, failures, wechat_api
 from appserver.bot import Bot
@@ -19,12 +20,15 @@ from appserver.routing import Handler
 from appserver.session import Session
 from common import ledger, problems
 from common.accounts import DEFAULT
+from common.log_format import about
 from wechat.events import BaseEvent
 from wechat.messages import BaseMessage
 from wechat.parser import parse_message
 from wechat.replies import Reply, coerce_reply
 
 log = logging.getLogger("wxrelay.appserver")
+# A handler past its time: an async one cancelled (appserver/coroutines.py), a prefork one interrupted.
+TIMED_OUT = (TimeoutError, SoftTimeLimitExceeded)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class _Run:
     handler: Handler
     session: Session
     account: str
+    started: float = field(default_factory=time.monotonic)
 
     def finish(self, result: Any) -> Answer:
         try:
@@ -143,6 +148,10 @@ class _Run:
             return self.failed()
         finally:
             self.session.release()
+        if log.isEnabledFor(logging.DEBUG):  # a line a message: never built at INFO
+            where = ledger.message_key(self.account, self.msg.dedupe_key)
+            outcome = "replied" if answer.xml else "no_reply"
+            log.debug("message %s: %s", where, outcome, extra=about(where, outcome, self.started))
         return answer
 
     def failed(self) -> Answer:
@@ -150,8 +159,9 @@ class _Run:
         self.session.release()
         where = ledger.message_key(self.account, self.msg.dedupe_key)
         name = str(getattr(self.handler, "__name__", self.handler))
-        log.exception("handler %s failed on message %s", name, where)
         error = sys.exc_info()[1]
+        outcome = "timed_out" if isinstance(error, TIMED_OUT) else "raised"
+        log.exception("handler %s failed on message %s", name, where, extra=about(where, outcome, self.started))
         failures.note(self.account, problems.HANDLER, name, f"{type(error).__name__}: {error}")
         return Answer.none(self.msg)
 

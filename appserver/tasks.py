@@ -21,6 +21,7 @@ from appserver.handling import Answer, Awaiting, begin, start
 from appserver.loader import load_bot
 from common import ledger, problems
 from common.accounts import Account
+from common.log_format import about
 
 log = logging.getLogger("wxrelay.tasks")
 
@@ -83,12 +84,14 @@ def handle_message(self: Task, xml: str, dedupe_key: str | None = None) -> str:
     if record is not None and _redelivered(self.request):
         state = through_outages(lambda: _script(ledger.START)(keys=[record]).decode(), f"starting {dedupe_key}")
         if state not in ledger.MAY_RUN:
-            log.info("message %s already answered (%s): not run again", dedupe_key, state)
+            log.info("message %s already answered (%s): not run again", dedupe_key, state, extra=about(dedupe_key))
             return ""
     account = serving.account_of(dedupe_key or "")
     if account is None:
         # Removed from the accounts file while its message waited: settled with no reply, not run.
-        log.error("message %s: its account is not configured any more; not run", dedupe_key)
+        log.error(
+            "message %s: its account is not configured any more; not run", dedupe_key, extra=about(dedupe_key or "")
+        )
         return _settle(dedupe_key, record, account, Answer.none())
     watch = typing_indicator.Watch(account.name) if account.typing else None
     answer = begin(
@@ -128,7 +131,12 @@ def _settle(dedupe_key: str | None, record: str | None, account: Account | None,
     if outcome == ledger.LATE:
         queue_late(dedupe_key)
     elif outcome.startswith("already:"):
-        log.info("message %s was answered by another run (%s): this reply is dropped", dedupe_key, outcome)
+        log.info(
+            "message %s was answered by another run (%s): this reply is dropped",
+            dedupe_key,
+            outcome,
+            extra=about(dedupe_key, "dropped"),
+        )
     return answer.xml
 
 
@@ -149,7 +157,7 @@ def _settle_carrying(dedupe_key: str, keys: list[str], args: list[object], answe
         outcome = through_outages(lambda full=full: store(keys=keys, args=full).decode(), what)
         if outcome == ledger.DONE and carried.entries:
             _count(dedupe_key, "pickup_delivered", len(carried.entries))
-            log.info("message %s carries %d kept replies", dedupe_key, len(carried.entries))
+            log.info("message %s carries %d kept replies", dedupe_key, len(carried.entries), extra=about(dedupe_key))
         if outcome != "retry":
             break
     if outcome == "not-pending":
@@ -168,7 +176,11 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     account = serving.account_of(dedupe_key)
     if account is None:
         # Never with another account's credentials: the sweep offers it again, to its own account's queue.
-        log.warning("late reply to %s: its account is not configured on this worker; left to one that is", dedupe_key)
+        log.warning(
+            "late reply to %s: its account is not configured on this worker; left to one that is",
+            dedupe_key,
+            extra=about(dedupe_key),
+        )
         return
     if account.late_path == "pickup":
         _keep(dedupe_key, account)
@@ -186,7 +198,7 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
                 _retry_later(self, service, dedupe_key, str(exc))
     before, payload = _script(ledger.BEGIN_SEND)(keys=keys, args=[dedupe_key])
     if before.decode() != ledger.LATE:
-        log.debug("late reply to %s: nothing to send (%s)", dedupe_key, before.decode())
+        log.debug("late reply to %s: nothing to send (%s)", dedupe_key, before.decode(), extra=about(dedupe_key))
         return
     if not token:
         result = SendResult("unconfigured", detail="no secret configured" if not service.configured else "no token")
@@ -200,6 +212,7 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         log.warning(
             "late reply to %s: the account has no customer-service API (48001); kept for the user's next message",
             dedupe_key,
+            extra=about(dedupe_key, "no_permission"),
         )
         service.count("late_no_permission")
         failures.note(account.name, problems.LATE, str(result.errcode), "kept for the user's next message instead")
@@ -210,11 +223,18 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
     if result.outcome == "sent":
         service.count("late_sent")
-        log.info("late reply to %s sent through the customer-service API", dedupe_key)
+        log.info("late reply to %s sent through the customer-service API", dedupe_key, extra=about(dedupe_key, "sent"))
         return
     stat = {"refused": "late_refused", "unconfigured": "late_unconfigured"}.get(result.outcome, "late_failed")
     service.count(stat)
-    log.warning("late reply to %s not sent (%s): %s %s", dedupe_key, result.outcome, result.errcode, result.detail)
+    log.warning(
+        "late reply to %s not sent (%s): %s %s",
+        dedupe_key,
+        result.outcome,
+        result.errcode,
+        result.detail,
+        extra=about(dedupe_key, stat.removeprefix("late_")),
+    )
     failures.note(account.name, problems.LATE, str(result.errcode or result.outcome), result.detail)
 
 
@@ -224,7 +244,7 @@ def _keep(dedupe_key: str, account: Account, user: str | None = None) -> None:
     if user is None:
         payload = through_outages(lambda: client().hget(record, "cs"), f"reading the reply to {dedupe_key}")
         if not payload:
-            log.debug("late reply to %s: nothing to keep", dedupe_key)
+            log.debug("late reply to %s: nothing to keep", dedupe_key, extra=about(dedupe_key))
             return
         user = json.loads(payload)["touser"]
     keys = [record, ledger.DUE_KEY, ledger.pickup_key(account.name, user)]  # type: ignore[arg-type]
@@ -232,11 +252,11 @@ def _keep(dedupe_key: str, account: Account, user: str | None = None) -> None:
     state = through_outages(lambda: _script(ledger.KEEP)(keys=keys, args=args).decode(), f"keeping {dedupe_key}")
     if state == ledger.KEPT:
         _count(dedupe_key, "late_kept")
-        log.info("late reply to %s kept for the user's next message", dedupe_key)
+        log.info("late reply to %s kept for the user's next message", dedupe_key, extra=about(dedupe_key, "kept"))
 
 
 def _retry_later(task: Task, service: CustomerService, dedupe_key: str, why: str) -> NoReturn:
     delay = RETRY_DELAYS[task.request.retries]
     service.count("late_retried")
-    log.warning("late reply to %s: %s; trying again in %d s", dedupe_key, why, delay)
+    log.warning("late reply to %s: %s; trying again in %d s", dedupe_key, why, delay, extra=about(dedupe_key, "retry"))
     raise task.retry(countdown=delay)

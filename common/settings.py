@@ -56,6 +56,12 @@ def _text(value: str) -> str:
     return value
 
 
+def _log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value.upper()
+
+
 def _log_format(value: str) -> str:
     if value not in ("text", "json"):
         raise ValueError("must be text or json")
@@ -229,7 +235,7 @@ SETTINGS: dict[str, Setting] = {
     "queue": Setting("WXRELAY_QUEUE", "wxrelay", str, "Celery queue of the message task."),
     "task_soft_time_limit": Setting("WXRELAY_TASK_SOFT_TIME_LIMIT", "60", _positive_int, "Handler soft limit (s)."),
     "task_time_limit": Setting("WXRELAY_TASK_TIME_LIMIT", "90", _positive_int, "Handler hard limit (s)."),
-    "log_level": Setting("WXRELAY_LOG_LEVEL", "INFO", str, "Log level of every process."),
+    "log_level": Setting("WXRELAY_LOG_LEVEL", "INFO", _log_level, "Log level of every process."),
     "log_format": Setting(
         "WXRELAY_LOG_FORMAT",
         "text",

@@ -11,7 +11,7 @@ import sys
 
 from tornado.httpserver import HTTPServer
 
-from common import accounts, cpu_pinning, open_files, redaction
+from common import accounts, cpu_pinning, log_format, open_files, redaction
 from common.accounts import Accounts
 from common.redaction import Redactor
 from common.settings import Settings
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wxrelay relay: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format.install(settings.log_format)
     redactor = redaction.install(settings, accounts=served)
     try:
         asyncio.run(serve(settings, served, args.address, args.port, redactor))

@@ -30,6 +30,7 @@ from tornado.httputil import (
 
 from common import ledger
 from common.accounts import DEFAULT, WECOM
+from common.log_format import about
 from relay.context import Relay
 from relay.dispatch import HangUp
 from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED, child
@@ -244,7 +245,7 @@ class Callback(HTTPMessageDelegate):
             outcome = await self.relay.dispatcher.dispatch(route, key, xml, self.hung_up, signature)
         except (OSError, sqlite3.Error) as exc:
             # Neither Redis nor the spool could keep it: WeChat must try again.
-            log.error("cannot keep message %s: %s", key, exc)
+            log.error("cannot keep message %s: %s", key, exc, extra=about(key, "unavailable", started))
             child(MESSAGES, account, "unavailable").inc()
             self.respond(503, "service unavailable")
             return
@@ -252,6 +253,8 @@ class Callback(HTTPMessageDelegate):
             self.reject(Rejected(403, "replayed", "signature already used with another body"))
             return
         child(MESSAGES, account, outcome.how).inc()
+        if log.isEnabledFor(logging.DEBUG):  # a line a message: never built at INFO
+            log.debug("message %s: %s", key, outcome.how, extra=about(key, outcome.how, started))
         if outcome.reply is None:
             return
         child(REPLY_SECONDS, account).observe(time.monotonic() - started)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from common.ledger import account_of
+from common.log_format import about
 from relay.dispatch import Dispatcher
 from relay.metrics import REPLAYED, SPOOL_DEPTH
 from relay.routes import Route
@@ -67,6 +68,9 @@ class Replayer:
                 continue
             await self._spool.remove(spooled.dedupe_key)
             REPLAYED.inc()
+            log.debug(
+                "message %s replayed from the spool", spooled.dedupe_key, extra=about(spooled.dedupe_key, "replayed")
+            )
             replayed += 1
         if unserved and unserved != self._unserved:
             log.error("spooled messages of accounts no longer configured are kept: %s", ", ".join(sorted(unserved)))
