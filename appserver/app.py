@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from appserver.served import Served, served
 from common import cpu_pinning, open_files, redaction
 from common.accounts import Accounts
 from common.settings import Settings
+from common.worker_number import worker_number
 from wechat.exceptions import InvalidConfigError
 
 
@@ -165,8 +165,8 @@ def _refuse_to_start(sender: Any = None, **_: object) -> None:
     os.nice(WORKER_NICENESS)
     if settings.cpu_pinning and settings.worker_pool == "threads":
         # worker0, worker1, ... (supervisor's -n): each takes the core after the relay of the same number.
-        number = re.search(r"(\d+)@", getattr(sender, "hostname", "") or "")
-        core = cpu_pinning.pin(int(number.group(1)) + 1 if number else os.getpid())
+        number = worker_number(getattr(sender, "hostname", "") or "")
+        core = cpu_pinning.pin(number + 1 if number is not None else os.getpid())
         if core is not None:
             logging.getLogger("wxrelay.appserver").info("worker keeps to core %d", core)
 
