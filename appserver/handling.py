@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -11,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
-from appserver import coroutines, wechat_api
+from appserver import coroutines, metrics, wechat_api
 from appserver.bot import Bot
+from appserver.metrics import child
 from appserver.routing import Handler
 from appserver.session import Session
 from common import ledger
@@ -95,6 +98,7 @@ def begin(
     """`handle`, but an async handler's awaitable is returned, to be awaited wherever the caller likes.
 
     `started` is told the message just before its handler runs."""
+    begun = time.monotonic()
     msg = parse_message(xml)
     lock_ttl = hard_time_limit if hard_time_limit is not None else time_limit * 1.5
     session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit, account=account)
@@ -102,10 +106,12 @@ def begin(
     msg.api = wechat_api.api_for(account)  # type: ignore[attr-defined]
     handler = bot.find_handler(msg)
     if handler is None:
+        _measure(account, metrics.NO_HANDLER, metrics.NO_REPLY, begun)
         return Answer.none(msg)
-    run = _Run(msg, handler, session, account)
+    run = _Run(msg, handler, session, account, begun)
     if started is not None:
         started(msg)
+    child(metrics.IN_FLIGHT, account).inc()
     try:
         result = handler(msg)
     except Exception:
@@ -132,6 +138,7 @@ class _Run:
     handler: Handler
     session: Session
     account: str
+    begun: float  # time.monotonic() when the message was taken up
 
     def finish(self, result: Any) -> Answer:
         try:
@@ -142,6 +149,7 @@ class _Run:
             return self.failed()
         finally:
             self.session.release()
+        self._ended(metrics.REPLIED if answer.xml else metrics.NO_REPLY)
         return answer
 
     def failed(self) -> Answer:
@@ -149,7 +157,19 @@ class _Run:
         self.session.release()
         where = ledger.message_key(self.account, self.msg.dedupe_key)
         log.exception("handler %s failed on message %s", getattr(self.handler, "__name__", self.handler), where)
+        # Celery's soft limit interrupts a prefork child's handler; the handlers' loop cancels a coroutine.
+        cancelled = isinstance(sys.exception(), SoftTimeLimitExceeded | coroutines.TimedOut)
+        self._ended(metrics.TIMED_OUT if cancelled else metrics.RAISED)
         return Answer.none(self.msg)
+
+    def _ended(self, outcome: str) -> None:
+        child(metrics.IN_FLIGHT, self.account).dec()
+        _measure(self.account, getattr(self.handler, "__name__", type(self.handler).__name__), outcome, self.begun)
+
+
+def _measure(account: str, handler: str, outcome: str, begun: float) -> None:
+    child(metrics.HANDLER_SECONDS, account, handler).observe(time.monotonic() - begun)
+    child(metrics.HANDLER_OUTCOMES, account, outcome).inc()
 
 
 def _render(reply: Reply | None, user: str, account: str, for_event: bool) -> Answer:
