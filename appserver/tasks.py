@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from functools import cache
 from typing import NoReturn
 
@@ -21,6 +22,7 @@ from appserver.handling import Answer, Awaiting, begin, start
 from appserver.loader import load_bot
 from common import ledger
 from common.accounts import Account
+from relay.celery_message import QUEUED_AT
 
 log = logging.getLogger("wxrelay.tasks")
 
@@ -66,7 +68,10 @@ def queue_late(dedupe_key: str) -> None:
     else:  # an account this worker does not know: its record names its queue
         found = through_outages(lambda: client().hget(ledger.record_key(dedupe_key), "queue"), "finding a queue")
         queue = found.decode() if found else settings.queue
-    through_outages(lambda: deliver_late.apply_async((dedupe_key,), queue=queue), "queueing a late send")
+    headers = {QUEUED_AT: round(time.time(), 3)}  # as the relay's messages carry it: the queue's age
+    through_outages(
+        lambda: deliver_late.apply_async((dedupe_key,), queue=queue, headers=headers), "queueing a late send"
+    )
 
 
 @app.task(name=HANDLE, bind=True)
