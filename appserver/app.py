@@ -17,6 +17,7 @@ from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
+from appserver import prefork_metrics
 from appserver.served import Served, served
 from common import cpu_pinning, open_files, redaction
 from common.accounts import Accounts
@@ -37,6 +38,8 @@ def _configure() -> tuple[Settings, Served, str | None]:
 
 
 settings, serving, _configuration_error = _configure()
+# Before anything imports prometheus_client, which chooses its mode then.
+prefork_metrics.prepare(settings.worker_pool, settings.worker_metrics_port)
 # Where kombu's Redis transport keeps each unacknowledged message, and when it was taken.
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
