@@ -136,12 +136,14 @@ def test_late_sends_by_result_and_errcode_and_token_fetches_and_refreshes(worker
     sim = wechat(relay)
     api.fail_next(45015)  # out of the 48-hour window: refused
     api.fail_next(48001)  # no customer-service API: kept for the user's next message
+    api.fail_next(-1)  # busy: tried again 2 s later, and sent
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda who: sim.say(f"slow {LATE}", user=user(who)), ("a", "b", "c")))
-    wait_until(lambda: since("wxrelay_late_sends_total") == 3, 15, "three late sends", 0.05)
-    assert since("wxrelay_late_sends_total", account="default", result="sent", errcode="0") == 1
+    wait_until(lambda: since("wxrelay_late_sends_total") == 4, 15, "four late attempts", 0.05)
     assert since("wxrelay_late_sends_total", account="default", result="refused", errcode="45015") == 1
     assert since("wxrelay_late_sends_total", account="default", result="pickup", errcode="48001") == 1
+    assert since("wxrelay_late_sends_total", account="default", result="retried", errcode="-1") == 1
+    assert since("wxrelay_late_sends_total", account="default", result="sent", errcode="0") == 1
     # One fetch for every send of this module so far: the token is shared through Redis.
     assert worker.metric("wxrelay_token_fetches_total", account="default", result="ok", errcode="0") == 1
     assert worker.metric("wxrelay_token_refreshes_total") == 0
@@ -149,6 +151,7 @@ def test_late_sends_by_result_and_errcode_and_token_fetches_and_refreshes(worker
     api.revoke_stable_token()
     sim.say(f"slow {LATE}", user=user("revoked"))
     wait_until(lambda: since("wxrelay_late_sends_total", result="sent") == 2, 15, "the send on a new token", 0.05)
+    assert since("wxrelay_late_sends_total") == 5
     assert worker.metric("wxrelay_token_fetches_total", result="ok") == 3
     assert worker.metric("wxrelay_token_refreshes_total", account="default", reason="invalid") == 1
     assert worker.metric("wxrelay_token_fetches_total", result="error") == 0
