@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 from common import accounts
 from common.accounts import Accounts
 from common.settings import Settings, environment
+from common.worker_number import metrics_port
 from wechat.exceptions import InvalidConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,9 +184,31 @@ def _redis_password(url: str) -> str:
     return password
 
 
+def worker_groups(local: Local) -> list[dict[str, object]]:
+    """The workers of the appliance's Redis, and one worker for each other Redis an account names."""
+    groups: list[dict[str, object]] = [
+        {"program": "wxrelay-worker", "name": "worker", "accounts": "", "processes": local.settings.workers}
+    ]
+    accounts = local.accounts()
+    for n, url in enumerate((url for url in accounts.redis_urls if url != local.redis_url), start=1):
+        names = ",".join(name for name, account in accounts.items() if account.redis_url == url)
+        groups.append({"program": f"wxrelay-worker-r{n}", "name": f"worker-r{n}", "accounts": names, "processes": 1})
+    return groups
+
+
+def worker_metrics_ports(local: Local) -> list[tuple[int, str]]:
+    """Where each worker serves /metrics, and the worker (its node name as supervisor starts it: NAMEn);
+    none when WXRELAY_WORKER_METRICS_PORT is 0."""
+    first = local.settings.worker_metrics_port
+    nodes = [f"{group['name']}{n}" for group in worker_groups(local) for n in range(int(group["processes"]))]  # type: ignore[call-overload]
+    return [(metrics_port(first, f"{node}@"), node) for node in nodes] if first else []
+
+
 def _distinct_ports(local: Local) -> None:
     ports = {"WXRELAY_HTTP_PORT": [local.settings.http_port], "WXRELAY_REDIS_PORT": [local.redis_port]}
     ports["relay ports (WXRELAY_RELAY_PORT + WXRELAY_RELAYS)"] = local.relay_ports
+    for port, node in worker_metrics_ports(local):
+        ports[f"{node}'s metrics port (WXRELAY_WORKER_METRICS_PORT + its number)"] = [port]
     seen: dict[int, str] = {}
     for name, numbers in ports.items():
         for port in numbers:

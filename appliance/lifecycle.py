@@ -139,6 +139,9 @@ def _check_ports(local: Local) -> None:
     for number, port in enumerate(local.relay_ports, start=1):
         system.check_port(port, f"relay {number}", "WXRELAY_RELAY_PORT", "127.0.0.1")
     system.check_port(local.redis_port, "Redis", "WXRELAY_REDIS_PORT", "127.0.0.1")
+    # A worker would run on without its /metrics, saying so in its log only: better said here, before it starts.
+    for port, node in config.worker_metrics_ports(local):
+        system.check_port(port, f"{node}'s metrics", "WXRELAY_WORKER_METRICS_PORT (0: none)", "127.0.0.1")
 
 
 def _wait_healthy(local: Local, supervisor: Supervisor, timeout: float) -> None:

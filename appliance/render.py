@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from appliance import envfile
-from appliance.config import REDIS_USER, ROOT, Local
+from appliance.config import REDIS_USER, ROOT, Local, worker_groups
 from appliance.system import ApplianceError, binary
 
 TEMPLATES = ROOT / "deploy"
@@ -129,18 +129,6 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         "wxrelay_redis_logfile": "",
         "wxrelay_redis_maxmemory": "256mb",
     }
-
-
-def worker_groups(local: Local) -> list[dict[str, object]]:
-    """The workers of the appliance's Redis, and one worker for each other Redis an account names."""
-    groups: list[dict[str, object]] = [
-        {"program": "wxrelay-worker", "name": "worker", "accounts": "", "processes": local.settings.workers}
-    ]
-    accounts = local.accounts()
-    for n, url in enumerate((url for url in accounts.redis_urls if url != local.redis_url), start=1):
-        names = ",".join(name for name, account in accounts.items() if account.redis_url == url)
-        groups.append({"program": f"wxrelay-worker-r{n}", "name": f"worker-r{n}", "accounts": names, "processes": 1})
-    return groups
 
 
 def render(local: Local, tools: Tools) -> dict[Path, str]:

@@ -18,6 +18,7 @@ import time
 import httpx
 import redis
 
+from appserver.metrics import TOKEN_FETCHES, TOKEN_REFRESHES, child, errcode
 from common.accounts import WECOM, Account
 from common.ledger import PREFIX
 
@@ -55,9 +56,11 @@ def token_key(owner: str) -> str:
 
 
 class AccessTokens:
-    """An official account's token, from stable_token."""
+    """An official account's token, from stable_token; `account` names it in the metrics."""
 
-    def __init__(self, client: redis.Redis, http: httpx.Client, api_base: str, appid: str, secret: str) -> None:
+    def __init__(
+        self, client: redis.Redis, http: httpx.Client, api_base: str, appid: str, secret: str, account: str
+    ) -> None:
         self._client = client
         self._http = http
         self._url = f"{api_base.rstrip('/')}/cgi-bin/stable_token"
@@ -65,6 +68,9 @@ class AccessTokens:
         self._request = {"grant_type": "client_credential", "appid": appid, "secret": secret}
         self._discard = client.register_script(_DISCARD)
         self._owner = appid
+        self._account = account
+        # A fetch of this process's after it has had the token is a refresh (the metrics' `expiring`).
+        self._had_token = False
         self._key = token_key(appid)
         self._lock_key = self._key + ":lock"
         self._refused_key = self._key + ":refused"
@@ -79,12 +85,15 @@ class AccessTokens:
         while time.monotonic() < deadline:
             cached = self._client.get(self._key)
             if cached:
+                self._had_token = True
                 return cached.decode()
             lock = self._client.lock(self._lock_key, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS)
             if lock.acquire():
                 try:
                     cached = self._client.get(self._key)
-                    return cached.decode() if cached else self._fetch()
+                    token = cached.decode() if cached else self._fetch()
+                    self._had_token = True
+                    return token
                 finally:
                     lock.release()
         raise TokenError("timed out waiting for another process to fetch the access_token")
@@ -92,40 +101,59 @@ class AccessTokens:
     def ask(self) -> tuple[str, int]:
         """WeChat's token for the account now, and its seconds to live, kept nowhere: stable_token and gettoken
         hand back the one in use, so asking invalidates nothing (the doctor's check of secret and whitelist)."""
-        return self._request_token(force=False)
+        return _token_of(self._request_token(force=False))
 
     def discard(self, token: str) -> None:
         self._discard(keys=[self._key, self._refused_key], args=[token, REFUSED_SECONDS])
 
     def _fetch(self) -> str:
         refused = self._client.get(self._refused_key)
-        token, expires_in = self._request_token(force=False)
+        reason = "invalid" if refused is not None else "expiring" if self._had_token else None
+        token, expires_in = self._counted(force=False)
         if refused is not None and token == refused.decode():
             log.info("WeChat handed back the access_token it refused: forcing a new one")
-            token, expires_in = self._request_token(force=True)
+            token, expires_in = self._counted(force=True)
+        if reason is not None:
+            child(TOKEN_REFRESHES, self._account, reason).inc()
         self._client.set(self._key, token, ex=max(expires_in - EARLY, 60))
         self._client.delete(self._refused_key)
         log.info("fetched the access_token of %s (expires in %d s)", self._owner, expires_in)
         return token
 
-    def _request_token(self, force: bool) -> tuple[str, int]:
-        return _token_of(self._http.post(self._url, json={**self._request, "force_refresh": force}).json())
+    def _counted(self, force: bool) -> tuple[str, int]:
+        """One request to WeChat, counted by how it ended."""
+        try:
+            answer = self._request_token(force)
+        except (httpx.HTTPError, ValueError):  # no answer, or not JSON: no errcode came back
+            child(TOKEN_FETCHES, self._account, "error", "").inc()
+            raise
+        try:
+            found = _token_of(answer)
+        except TokenError:
+            child(TOKEN_FETCHES, self._account, "error", errcode(answer.get("errcode"))).inc()
+            raise
+        child(TOKEN_FETCHES, self._account, "ok", errcode(0)).inc()
+        return found
+
+    def _request_token(self, force: bool) -> dict[str, object]:
+        return self._http.post(self._url, json={**self._request, "force_refresh": force}).json()
 
 
 class WeComTokens(AccessTokens):
     """A WeCom app's token, from gettoken: one per app, since each app has its own secret."""
 
     def __init__(
-        self, client: redis.Redis, http: httpx.Client, api_base: str, corpid: str, agentid: int, secret: str
-    ) -> None:
-        super().__init__(client, http, api_base, f"{corpid}:{agentid}", secret)
+        self, client: redis.Redis, http: httpx.Client, api_base: str, corpid: str, agentid: int, secret: str,
+        account: str,
+    ) -> None:  # fmt: skip
+        super().__init__(client, http, api_base, f"{corpid}:{agentid}", secret, account)
         self._url = f"{api_base.rstrip('/')}/cgi-bin/gettoken"
         # WeCom takes the secret only in the query string; httpx's own log lines stay off (appserver/app.py).
         self._query = {"corpid": corpid, "corpsecret": secret}
 
-    def _request_token(self, force: bool) -> tuple[str, int]:
+    def _request_token(self, force: bool) -> dict[str, object]:
         # gettoken cannot be forced: it hands back the token still valid, and a new one once that expires.
-        return _token_of(self._http.get(self._url, params=self._query).json())
+        return self._http.get(self._url, params=self._query).json()
 
 
 def owner_of(account: Account, client: redis.Redis, http: httpx.Client) -> AccessTokens | None:
@@ -133,9 +161,9 @@ def owner_of(account: Account, client: redis.Redis, http: httpx.Client) -> Acces
     api = account.api_base.rstrip("/")
     if account.kind == WECOM:
         if account.secret and account.agentid:
-            return WeComTokens(client, http, api, account.appid, account.agentid, account.secret)
+            return WeComTokens(client, http, api, account.appid, account.agentid, account.secret, account.name)
         return None
-    return AccessTokens(client, http, api, account.appid, account.secret) if account.secret else None
+    return AccessTokens(client, http, api, account.appid, account.secret, account.name) if account.secret else None
 
 
 def _token_of(answer: dict[str, object]) -> tuple[str, int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,10 +27,12 @@ from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
+from appserver import prefork_metrics
 from appserver.served import Served, served
 from common import cpu_pinning, log_format, open_files, redaction
 from common.accounts import Accounts
 from common.settings import Settings
+from common.worker_number import worker_number
 from wechat.exceptions import InvalidConfigError
 
 
@@ -52,6 +53,8 @@ def _configure() -> tuple[Settings, Served, str | None]:
 
 
 settings, serving, _configuration_error = _configure()
+# Before anything imports prometheus_client, which chooses its mode then.
+prefork_metrics.prepare(settings.worker_pool, settings.worker_metrics_port)
 # Where kombu's Redis transport keeps each unacknowledged message, and when it was taken.
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
@@ -180,8 +183,8 @@ def _refuse_to_start(sender: Any = None, **_: object) -> None:
     os.nice(WORKER_NICENESS)
     if settings.cpu_pinning and settings.worker_pool == "threads":
         # worker0, worker1, ... (supervisor's -n): each takes the core after the relay of the same number.
-        number = re.search(r"(\d+)@", getattr(sender, "hostname", "") or "")
-        core = cpu_pinning.pin(int(number.group(1)) + 1 if number else os.getpid())
+        number = worker_number(getattr(sender, "hostname", "") or "")
+        core = cpu_pinning.pin(number + 1 if number is not None else os.getpid())
         if core is not None:
             logging.getLogger("wxrelay.appserver").info("worker keeps to core %d", core)
 

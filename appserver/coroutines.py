@@ -26,14 +26,25 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+class TimedOut(TimeoutError):
+    """The coroutine ran past its time limit and was cancelled: told apart from a TimeoutError of its own."""
+
+
 async def _within(coroutine: Coroutine[Any, Any, Any], timeout: float) -> Any:
     # Cancelled on the loop itself, so the handler's `finally` and `async with` run before it ends.
-    async with asyncio.timeout(timeout):
-        return await coroutine
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            return await coroutine
+    except TimeoutError as exc:
+        if limit.expired():
+            # Chained: the traceback still shows where the handler was waiting.
+            raise TimedOut(f"cancelled after {timeout:g} s") from exc
+        raise
 
 
 def start(coroutine: Coroutine[Any, Any, Any], timeout: float) -> Future[Any]:
-    """Run on the shared loop; the future fails with TimeoutError once it has run `timeout` seconds."""
+    """Run on the shared loop; the future fails with TimedOut (a TimeoutError) once it has run `timeout` seconds."""
     return asyncio.run_coroutine_threadsafe(_within(coroutine, timeout), _background_loop())
 
 

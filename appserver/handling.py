@@ -8,14 +8,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from appserver import coroutines, failures, wechat_api
+from appserver import coroutines, failures, metrics, wechat_api
 from appserver.bot import Bot
+from appserver.metrics import child
 from appserver.routing import Handler
 from appserver.session import Session
 from common import ledger, problems
@@ -28,7 +29,6 @@ from wechat.replies import Reply, coerce_reply
 
 log = logging.getLogger("wxrelay.appserver")
 # A handler past its time: an async one cancelled (appserver/coroutines.py), a prefork one interrupted.
-TIMED_OUT = (TimeoutError, SoftTimeLimitExceeded)
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def begin(
     """`handle`, but an async handler's awaitable is returned, to be awaited wherever the caller likes.
 
     `started` is told the message just before its handler runs."""
+    begun = time.monotonic()
     msg = parse_message(xml)
     lock_ttl = hard_time_limit if hard_time_limit is not None else time_limit * 1.5
     session = Session(client, msg.source, session_ttl, lock_ttl=lock_ttl, lock_wait=time_limit, account=account)
@@ -107,10 +108,12 @@ def begin(
     msg.api = wechat_api.api_for(account)  # type: ignore[attr-defined]
     handler = bot.find_handler(msg)
     if handler is None:
+        _measure(account, metrics.NO_HANDLER, metrics.NO_REPLY, begun)
         return Answer.none(msg)
-    run = _Run(msg, handler, session, account)
+    run = _Run(msg, handler, session, account, begun)
     if started is not None:
         started(msg)
+    child(metrics.IN_FLIGHT, account).inc()
     try:
         result = handler(msg)
     except Exception:
@@ -137,7 +140,7 @@ class _Run:
     handler: Handler
     session: Session
     account: str
-    started: float = field(default_factory=time.monotonic)
+    begun: float  # time.monotonic() when the message was taken up
 
     def finish(self, result: Any) -> Answer:
         try:
@@ -148,22 +151,39 @@ class _Run:
             return self.failed()
         finally:
             self.session.release()
+        outcome = metrics.REPLIED if answer.xml else metrics.NO_REPLY
+        self._ended(outcome)
         if log.isEnabledFor(logging.DEBUG):  # a line a message: never built at INFO
             where = ledger.message_key(self.account, self.msg.dedupe_key)
-            outcome = "replied" if answer.xml else "no_reply"
-            log.debug("message %s: %s", where, outcome, extra=about(where, outcome, self.started))
+            log.debug("message %s: %s", where, outcome, extra=about(where, outcome, self.begun))
         return answer
 
     def failed(self) -> Answer:
         """Logs the exception being handled, with the message's key, and keeps it for the operator; no reply."""
         self.session.release()
         where = ledger.message_key(self.account, self.msg.dedupe_key)
-        name = str(getattr(self.handler, "__name__", self.handler))
+        name = self.handler_name
         error = sys.exc_info()[1]
-        outcome = "timed_out" if isinstance(error, TIMED_OUT) else "raised"
-        log.exception("handler %s failed on message %s", name, where, extra=about(where, outcome, self.started))
+        # Celery's soft limit interrupts a prefork child's handler; the handlers' loop cancels a coroutine.
+        cancelled = isinstance(error, SoftTimeLimitExceeded | coroutines.TimedOut)
+        outcome = metrics.TIMED_OUT if cancelled else metrics.RAISED
+        log.exception("handler %s failed on message %s", name, where, extra=about(where, outcome, self.begun))
         failures.note(self.account, problems.HANDLER, name, f"{type(error).__name__}: {error}")
+        self._ended(outcome)
         return Answer.none(self.msg)
+
+    @property
+    def handler_name(self) -> str:
+        return getattr(self.handler, "__name__", type(self.handler).__name__)
+
+    def _ended(self, outcome: str) -> None:
+        child(metrics.IN_FLIGHT, self.account).dec()
+        _measure(self.account, self.handler_name, outcome, self.begun)
+
+
+def _measure(account: str, handler: str, outcome: str, begun: float) -> None:
+    child(metrics.HANDLER_SECONDS, account, handler).observe(time.monotonic() - begun)
+    child(metrics.HANDLER_OUTCOMES, account, outcome).inc()
 
 
 def _render(reply: Reply | None, user: str, account: str, for_event: bool) -> Answer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from functools import cache
 from typing import NoReturn
 
@@ -11,7 +12,7 @@ from celery import Task
 from celery.app.task import Context
 from redis.commands.core import Script
 
-from appserver import awaiting, failures, pickup, typing_indicator
+from appserver import awaiting, failures, metrics, pickup, typing_indicator
 from appserver.access_token import TokenError
 from appserver.app import app, serving, settings
 from appserver.bot import Bot
@@ -22,6 +23,7 @@ from appserver.loader import load_bot
 from common import ledger, problems
 from common.accounts import Account
 from common.log_format import about
+from relay.celery_message import QUEUED_AT
 
 log = logging.getLogger("wxrelay.tasks")
 
@@ -67,7 +69,10 @@ def queue_late(dedupe_key: str) -> None:
     else:  # an account this worker does not know: its record names its queue
         found = through_outages(lambda: client().hget(ledger.record_key(dedupe_key), "queue"), "finding a queue")
         queue = found.decode() if found else settings.queue
-    through_outages(lambda: deliver_late.apply_async((dedupe_key,), queue=queue), "queueing a late send")
+    headers = {QUEUED_AT: round(time.time(), 3)}  # as the relay's messages carry it: the queue's age
+    through_outages(
+        lambda: deliver_late.apply_async((dedupe_key,), queue=queue, headers=headers), "queueing a late send"
+    )
 
 
 @app.task(name=HANDLE, bind=True)
@@ -195,7 +200,7 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         except TokenError as exc:
             if retries < len(RETRY_DELAYS):
                 # Nothing has begun: the reply stays `late` for the retry (or the sweep).
-                _retry_later(self, service, dedupe_key, str(exc))
+                _retry_later(self, service, account, dedupe_key, str(exc))
     before, payload = _script(ledger.BEGIN_SEND)(keys=keys, args=[dedupe_key])
     if before.decode() != ledger.LATE:
         log.debug("late reply to %s: nothing to send (%s)", dedupe_key, before.decode(), extra=about(dedupe_key))
@@ -207,7 +212,7 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     if result.outcome == "retry" and retries < len(RETRY_DELAYS):
         args = ["retry", result.errcode, RETRY_DELAYS[retries], SETTLED_TTL, dedupe_key]
         through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
-        _retry_later(self, service, dedupe_key, f"{result.errcode} {result.detail}")
+        _retry_later(self, service, account, dedupe_key, f"{result.errcode} {result.detail}", result.errcode)
     if result.outcome == "refused" and result.errcode == NO_PERMISSION:
         log.warning(
             "late reply to %s: the account has no customer-service API (48001); kept for the user's next message",
@@ -216,17 +221,20 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         )
         service.count("late_no_permission")
         failures.note(account.name, problems.LATE, str(result.errcode), "kept for the user's next message instead")
-        _keep(dedupe_key, account, json.loads(payload)["touser"])
+        _keep(dedupe_key, account, json.loads(payload)["touser"], NO_PERMISSION)
         return
     state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
     args = [state, result.errcode, 0, SETTLED_TTL, dedupe_key]
     through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
     if result.outcome == "sent":
         service.count("late_sent")
+        metrics.late_send(account.name, "sent", 0)
         log.info("late reply to %s sent through the customer-service API", dedupe_key, extra=about(dedupe_key, "sent"))
         return
     stat = {"refused": "late_refused", "unconfigured": "late_unconfigured"}.get(result.outcome, "late_failed")
     service.count(stat)
+    # A network failure (or no token at all) brought back no errcode.
+    metrics.late_send(account.name, "refused" if result.outcome == "refused" else "failed", result.errcode or None)
     log.warning(
         "late reply to %s not sent (%s): %s %s",
         dedupe_key,
@@ -238,8 +246,9 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
     failures.note(account.name, problems.LATE, str(result.errcode or result.outcome), result.detail)
 
 
-def _keep(dedupe_key: str, account: Account, user: str | None = None) -> None:
-    """The `pickup` late path: the reply waits for the user's next message (appserver/pickup.py)."""
+def _keep(dedupe_key: str, account: Account, user: str | None = None, errcode: int | None = None) -> None:
+    """The `pickup` late path: the reply waits for the user's next message (appserver/pickup.py); `errcode`:
+    the refusal of the customer-service API that sent it this way."""
     record = ledger.record_key(dedupe_key)
     if user is None:
         payload = through_outages(lambda: client().hget(record, "cs"), f"reading the reply to {dedupe_key}")
@@ -252,11 +261,15 @@ def _keep(dedupe_key: str, account: Account, user: str | None = None) -> None:
     state = through_outages(lambda: _script(ledger.KEEP)(keys=keys, args=args).decode(), f"keeping {dedupe_key}")
     if state == ledger.KEPT:
         _count(dedupe_key, "late_kept")
+        metrics.late_send(account.name, "pickup", errcode)
         log.info("late reply to %s kept for the user's next message", dedupe_key, extra=about(dedupe_key, "kept"))
 
 
-def _retry_later(task: Task, service: CustomerService, dedupe_key: str, why: str) -> NoReturn:
+def _retry_later(
+    task: Task, service: CustomerService, account: Account, dedupe_key: str, why: str, errcode: int | None = None
+) -> NoReturn:
     delay = RETRY_DELAYS[task.request.retries]
     service.count("late_retried")
+    metrics.late_send(account.name, "retried", errcode or None)
     log.warning("late reply to %s: %s; trying again in %d s", dedupe_key, why, delay, extra=about(dedupe_key, "retry"))
     raise task.retry(countdown=delay)

@@ -50,7 +50,7 @@ def refresh(tokens: AccessTokens, http: httpx.Client, url: str) -> None:
 
 def _start(account: Account) -> None:
     http = httpx.Client(timeout=10.0)
-    tokens = AccessTokens(client(), http, account.api_base, account.appid, account.secret or "")
+    tokens = AccessTokens(client(), http, account.api_base, account.appid, account.secret or "", account.name)
     url = f"{account.api_base.rstrip('/')}/cgi-bin/getcallbackip"
     background.every(CHECK, "fetching WeChat's callback addresses", lambda _: refresh(tokens, http, url))
 

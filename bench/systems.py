@@ -29,6 +29,7 @@ import redis
 
 from bench import callbacks
 from bench.procs import ROOT, Proc, children, command, free_port, wait_until
+from common.settings import SETTINGS
 
 SUITE_BOT = f"{ROOT}/bench/bots/suite.py:bot"
 SLOW_RUNS_KEY = "bench:slow:runs"
@@ -142,6 +143,9 @@ class ApplianceRunner(ApplianceBase):
         self.http_port = free_port()
         self.redis_port = free_port()
         self.relay_port = consecutive_free_ports(relays or 2, taken={self.http_port, self.redis_port})
+        # Worker n serves its /metrics on this + n: two appliances of one machine never share one.
+        taken = {self.http_port, self.redis_port, *range(self.relay_port, self.relay_port + (relays or 2))}
+        self.worker_metrics_port = consecutive_free_ports(workers or int(SETTINGS["workers"].default), taken)
         self.host = f"127.0.0.1:{self.http_port}"
         self.password = "bench" + os.urandom(8).hex()
         self.admin_password = "admin" + os.urandom(8).hex()
@@ -156,6 +160,7 @@ class ApplianceRunner(ApplianceBase):
             "WXRELAY_HTTP_PORT": str(self.http_port),
             "WXRELAY_RELAY_PORT": str(self.relay_port),
             "WXRELAY_REDIS_PORT": str(self.redis_port),
+            "WXRELAY_WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
         if self.relays:
             env["WXRELAY_RELAYS"] = str(self.relays)
@@ -230,7 +235,7 @@ def consecutive_free_ports(count: int, taken: set[int]) -> int:
         except OSError:
             continue
         return first
-    raise RuntimeError("no run of free ports for the relays")
+    raise RuntimeError(f"no run of {count} free ports")
 
 
 class DirectAppliance(ApplianceBase):
@@ -257,6 +262,8 @@ class DirectAppliance(ApplianceBase):
         )
         env_file = self.workdir / "bench.env"
         settings = app_settings(self.redis_url, self.concurrency, self.extra_settings)
+        # worker1 … workerN serve their /metrics on this + 1 … + N.
+        settings["WXRELAY_WORKER_METRICS_PORT"] = str(consecutive_free_ports(self.workers + 1, {self.http_port}))
         env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         env = {**_clean_env(), "WXRELAY_ENV_FILE": str(env_file)}
 

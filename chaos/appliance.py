@@ -69,7 +69,7 @@ def consecutive_free_ports(count: int, taken: set[int]) -> int:
         except OSError:
             continue
         return first
-    raise RuntimeError("no run of free ports for the relays")
+    raise RuntimeError(f"no run of {count} free ports")
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -146,6 +146,9 @@ class Appliance:
         self.http_port = free_port()
         self.redis_port = free_port({self.http_port})
         self.relay_port = consecutive_free_ports(RELAYS, {self.http_port, self.redis_port})
+        # Worker n serves its /metrics on this + n: two appliances of one machine never share one.
+        taken = {self.http_port, self.redis_port, *self.relay_ports}
+        self.worker_metrics_port = consecutive_free_ports(WORKERS, taken)
         self.supervisor = _Supervisor(self.layout)
         self._redis: redis.Redis | None = None
 
@@ -158,6 +161,10 @@ class Appliance:
     @property
     def relay_ports(self) -> list[int]:
         return [self.relay_port + n for n in range(RELAYS)]
+
+    @property
+    def worker_metrics_ports(self) -> list[int]:
+        return [self.worker_metrics_port + n for n in range(WORKERS)]
 
     @property
     def aes_key(self) -> str:
@@ -185,6 +192,7 @@ class Appliance:
             "WXRELAY_HTTP_PORT": str(self.http_port),
             "WXRELAY_RELAY_PORT": str(self.relay_port),
             "WXRELAY_REDIS_PORT": str(self.redis_port),
+            "WXRELAY_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "WXRELAY_REDIS_URL": self.redis_url,
             "WXRELAY_REDIS_ADMIN_PASSWORD": self.secrets.redis_admin_password,
             **self.extra,

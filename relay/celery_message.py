@@ -13,6 +13,7 @@ import base64
 import itertools
 import json
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from functools import cache
@@ -31,7 +32,11 @@ def new_id() -> str:
 
 # Stand-ins for what differs between two messages of one task to one queue: the envelope around
 # them is written once (a json.dumps of the whole was a twentieth of the relay's CPU a message).
-_ID, _TAG, _BODY = "<<task-id>>", "<<delivery-tag>>", "<<body>>"
+_ID, _TAG, _BODY, _QUEUED = "<<task-id>>", "<<delivery-tag>>", "<<body>>", "<<queued-at>>"
+# When the message was queued (Unix time, s): what the workers' wxrelay_queue_oldest_seconds reads of
+# the oldest message waiting (appserver/queue_metrics.py). Celery ignores headers it does not know.
+QUEUED_AT = "wxrelay_queued_at"
+_QUEUED_JSON = json.dumps(_QUEUED)
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -47,13 +52,15 @@ def task_message(
     task_id = task_id or new_id()
     tag = delivery_tag or new_id()
     body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
+    queued = round(time.time(), 3)
     if eta is not None:
-        return json.dumps(_envelope(task, len(args), queue, task_id, tag, body, eta))
+        return json.dumps(_envelope(task, len(args), queue, task_id, tag, body, eta, queued))
     return (
         _template(task, len(args), queue)
         .replace(_ID, _json_text(task_id))
         .replace(_TAG, _json_text(tag))
         .replace(_BODY, body)  # base64: nothing in it to escape
+        .replace(_QUEUED_JSON, repr(queued))  # a number: the stand-in's quotes go too
     )
 
 
@@ -64,11 +71,11 @@ def _json_text(value: str) -> str:
 
 @cache
 def _template(task: str, arity: int, queue: str) -> str:
-    return json.dumps(_envelope(task, arity, queue, _ID, _TAG, _BODY, None))
+    return json.dumps(_envelope(task, arity, queue, _ID, _TAG, _BODY, None, _QUEUED))
 
 
 def _envelope(
-    task: str, arity: int, queue: str, task_id: str, tag: str, body: str, eta: datetime | None
+    task: str, arity: int, queue: str, task_id: str, tag: str, body: str, eta: datetime | None, queued: float | str
 ) -> dict[str, Any]:
     headers = {
         "lang": "py",
@@ -89,6 +96,7 @@ def _envelope(
         # The reply travels through the ledger; a second copy in the result
         # backend would cost a write per message for nobody.
         "ignore_result": True,
+        QUEUED_AT: queued,
     }
     return {
         "body": body,

@@ -18,6 +18,7 @@ import httpx
 import redis
 
 from chaos.appliance import metric
+from common.worker_number import worker_number
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,14 +143,30 @@ class RedisServer(Process):
 
 
 class Worker(Process):
-    def __init__(self, log_dir: Path, env: dict[str, str], name: str, redis_server: RedisServer) -> None:
+    """A Celery worker of the appserver, serving /metrics on `metrics_port` (0: on none, so that the
+    workers of a test run never take one another's port, nor a port of the machine's own appliance)."""
+
+    def __init__(
+        self, log_dir: Path, env: dict[str, str], name: str, redis_server: RedisServer, metrics_port: int = 0
+    ) -> None:
         argv = [
             sys.executable, "-m", "celery", "-A", "appserver", "worker", "--loglevel", "INFO",
             "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        super().__init__(name, argv, log_dir, env)
+        self.metrics_port = metrics_port
+        # Worker n serves on WXRELAY_WORKER_METRICS_PORT + n.
+        first = metrics_port - (worker_number(f"{name}@") or 0) if metrics_port else 0
+        super().__init__(name, argv, log_dir, {**env, "WXRELAY_WORKER_METRICS_PORT": str(first)})
         hostname = f"{name}@{socket.gethostname()}"
         self.wait_ready(lambda: redis_server.client().zscore("wxrelay:workers", hostname) is not None)
+
+    def metrics(self) -> str:
+        """What its /metrics answers now (Prometheus text)."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5, trust_env=False).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The worker's /metrics samples of `name` with these labels, summed (0 when none)."""
+        return metric(self.metrics(), name, **labels)
 
 
 class RelayProcess(Process):

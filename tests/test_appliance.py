@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance import config, envfile
 from common.settings import SETTINGS
 from tests.services import ROOT, free_port, require, wait_until
+from wechat.exceptions import InvalidConfigError
 
 REPLY = "Hi o_simulated_user, you said: hello"
 WELCOME = "Welcome! This account is answered by wxrelay."
@@ -95,6 +97,9 @@ def appliance(clone: Path, tmp_path: Path) -> Iterator[Appliance]:
     http_port, redis_port = free_port(), free_port()
     relays = int(SETTINGS["relays"].default)
     relay_port = consecutive_free_ports(relays, taken={http_port, redis_port})
+    # Worker n's /metrics: WXRELAY_WORKER_METRICS_PORT + n, clear of the relays' (and of 8101, the machine's own).
+    taken = {http_port, redis_port, *range(relay_port, relay_port + relays)}
+    metrics_port = consecutive_free_ports(int(SETTINGS["workers"].default), taken)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHAT_", "WXRELAY_")) and k not in _FOREIGN}
     env.update(
         VENV=sys.prefix,
@@ -104,6 +109,7 @@ def appliance(clone: Path, tmp_path: Path) -> Iterator[Appliance]:
         WXRELAY_HTTP_PORT=str(http_port),
         WXRELAY_RELAY_PORT=str(relay_port),
         WXRELAY_REDIS_PORT=str(redis_port),
+        WXRELAY_WORKER_METRICS_PORT=str(metrics_port),
     )
     found = Appliance(
         clone, tmp_path / "state", tmp_path / "wxrelay.env", env, http_port,
@@ -225,6 +231,27 @@ def test_run_names_the_port_that_is_taken(appliance: Appliance) -> None:
     assert f"port {appliance.relay_ports[-1]} (relay {relay}) is taken by pid {os.getpid()}" in result.stderr
     assert "WXRELAY_RELAY_PORT" in result.stderr
     assert appliance.supervisord() is None
+    # worker1 would run on without its /metrics, and say so in its log alone: `run` says it first.
+    metrics = int(appliance.env["WXRELAY_WORKER_METRICS_PORT"]) + 1
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", metrics))
+        squatter.listen()
+        result = appliance.run("make run")
+    assert result.returncode != 0
+    assert f"port {metrics} (worker1's metrics) is taken by pid {os.getpid()}" in result.stderr
+    assert "WXRELAY_WORKER_METRICS_PORT (0: none)" in result.stderr
+    assert appliance.supervisord() is None
+
+
+def test_a_worker_metrics_port_on_another_port_of_the_appliance_is_refused(tmp_path: Path) -> None:
+    owner = tmp_path / ".env"
+    envfile.ensure(owner)
+    environ = {"WXRELAY_ENV_FILE": str(owner), "WXRELAY_STATE_DIR": str(tmp_path / "state")}
+    # worker0 on 8000, worker1 on 8001: the first relay's.
+    environ |= {"WXRELAY_RELAY_PORT": "8001", "WXRELAY_WORKER_METRICS_PORT": "8000"}
+    with pytest.raises(InvalidConfigError, match=r"^worker1's metrics port .* and relay ports .* both use port 8001$"):
+        config.load(environ)
+    assert config.load(environ | {"WXRELAY_WORKER_METRICS_PORT": "0"}).settings.worker_metrics_port == 0
 
 
 def check_run(appliance: Appliance, output: str) -> None:

@@ -11,6 +11,7 @@ supervisor, as tests/test_faults.py), WeChat's window shortened to 1.5 s.
 
 from __future__ import annotations
 
+import ipaddress
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,18 @@ def simulator(rehearsal: Rehearsal, mode: str) -> WeChatSimulator:
 def post(url: str, params: dict[str, str], body: bytes, source: str = "127.0.0.1", **headers: str) -> httpx.Response:
     with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=5, trust_env=False) as client:
         return client.post(url, params=params, content=body, headers=headers)
+
+
+def listening_on(port: int) -> set[str]:
+    """The addresses sockets listen on `port` at (from /proc/net/tcp and tcp6: an IPv6 one in hex)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(str(ipaddress.ip_address(bytes.fromhex(address)[::-1])) if len(address) == 8 else address)
+    return found
 
 
 def readable_by_others(path: Path, root: Path) -> bool:
@@ -117,6 +130,10 @@ def test_what_nginx_answers_the_world_tells_nothing(rehearsal: Rehearsal) -> Non
     # The details are for the operator, on the relay ports.
     assert appliance.health(appliance.relay_ports[0])["status"] == "ok"
     assert httpx.get(f"{base}/metrics", trust_env=False).status_code == 404
+    # So are each worker's: on its own port, on loopback alone.
+    for port in appliance.worker_metrics_ports:
+        assert "wxrelay_handler_outcomes_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+        assert listening_on(port) == {"127.0.0.1"}
     for response in (health, httpx.get(f"{base}/nowhere", trust_env=False)):
         assert response.headers["server"] == "nginx", response.headers
     assert "nginx/" not in httpx.get(f"{base}/nowhere", trust_env=False).text

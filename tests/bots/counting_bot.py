@@ -33,6 +33,13 @@ def slow(msg):
     return f"slow reply to {msg.content}"
 
 
+@bot.text(re.compile(r"^async slow (\d+(?:\.\d+)?)$"))
+async def async_slow(msg):
+    ran(msg)
+    await asyncio.sleep(float(msg.content.split()[2]))
+    return f"async slow reply to {msg.content}"
+
+
 @bot.text(re.compile(r"^async "))
 async def wait_async(msg):
     ran(msg)
