@@ -1,7 +1,7 @@
 """The relay's last minute, for `make status`: its deliveries by outcome and its rejections by reason.
 
-Read from the Prometheus counters once a second, never counted on the way of a message: a snapshot of the
-totals each second, and the last minute is the newest snapshot less the one a minute older.
+Read from the Prometheus counters, never counted on the way of a message: a snapshot of the totals each
+second, and the last minute is the totals now less the snapshot a minute old.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _totals(metric: MetricWrapperBase, label: str) -> Counter[str]:
 
 class LastMinute:
     def __init__(self) -> None:
-        self._snapshots: deque[tuple[Counter[str], Counter[str]]] = deque(maxlen=SECONDS + 1)
+        self._snapshots: deque[tuple[Counter[str], Counter[str]]] = deque(maxlen=SECONDS)
         self._timer = PeriodicCallback(self.snapshot, 1000)
 
     def start(self) -> None:
@@ -42,8 +42,10 @@ class LastMinute:
         self._snapshots.append((_totals(MESSAGES, "outcome"), _totals(REJECTED, "reason")))
 
     def report(self) -> dict[str, dict[str, int]]:
-        """Deliveries by outcome and rejections by reason since the oldest snapshot (a minute, once it has run one)."""
+        """Deliveries by outcome and rejections by reason since the oldest snapshot (a minute ago, once it has
+        run a minute)."""
         if not self._snapshots:
             return {"messages": {}, "rejected": {}}
-        (messages, rejected), (old_messages, old_rejected) = self._snapshots[-1], self._snapshots[0]
+        messages, rejected = _totals(MESSAGES, "outcome"), _totals(REJECTED, "reason")
+        old_messages, old_rejected = self._snapshots[0]
         return {"messages": dict(+(messages - old_messages)), "rejected": dict(+(rejected - old_rejected))}
