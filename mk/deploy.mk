@@ -39,6 +39,6 @@ rehearse: venv deploy-tools
 	$(PY) deploy/rehearse/rehearse.py
 
 lint: deploy-tools
-	$(ANSIBLE_BIN)/yamllint --strict deploy/ansible tests/deploy .yamllint .ansible-lint
+	$(ANSIBLE_BIN)/yamllint --strict deploy/ansible deploy/monitoring tests/deploy .yamllint .ansible-lint
 	cd $(ANSIBLE_DIR) && $(ANSIBLE_ENV) $(ANSIBLE_BIN)/ansible-lint --profile production
 	cd $(ANSIBLE_DIR) && $(ANSIBLE_ENV) $(ANSIBLE_BIN)/ansible-playbook --syntax-check -i inventory/example site.yml

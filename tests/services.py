@@ -44,12 +44,15 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
 
 
-def require(binary: str) -> str:
+def require(binary: str, package: str | None = None) -> str:
+    """The binary's path; `package` is the Debian package it comes in, when not of the same name."""
     path = shutil.which(binary) or next(
         (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
     )
     if path is None:
-        raise RuntimeError(f"{binary} is not installed: run .ci/run or install it (apt-get install {binary})")
+        raise RuntimeError(
+            f"{binary} is not installed: run .ci/run or install it (apt-get install {package or binary})"
+        )
     return path
 
 

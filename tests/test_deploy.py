@@ -69,7 +69,8 @@ def output(result: subprocess.CompletedProcess) -> str:
 
 
 def test_yamllint_is_clean() -> None:
-    result = run([tool("yamllint"), "--strict", "deploy/ansible", "tests/deploy", ".yamllint", ".ansible-lint"])
+    paths = ["deploy/ansible", "deploy/monitoring", "tests/deploy", ".yamllint", ".ansible-lint"]
+    result = run([tool("yamllint"), "--strict", *paths])
     assert result.returncode == 0, output(result)
 
 

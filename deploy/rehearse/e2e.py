@@ -3,7 +3,8 @@
 Used by the rehearsal (deploy/rehearse/rehearse.py) against its container;
 `shell` runs a command on the host as the deploy user (with sudo), for what
 only the host itself can see: each relay's /metrics and /healthz, supervisor,
-systemd, Redis on loopback, and the hardening of the files and processes.
+systemd, Redis on loopback, Prometheus's API (the monitoring role), and the
+hardening of the files and processes.
 Secrets reach the host on the command's standard input, never in its command
 line (which ps shows), and no failure message prints one.
 """
@@ -49,6 +50,14 @@ REDIS_CONF = "/etc/redis/redis.conf"
 SUPERVISOR_SOCKET = "/var/run/supervisor.sock"
 # A relay just restarted takes a moment to resubscribe and see the workers.
 HEALTHY_WITHIN = 15.0
+# The monitoring role (roles/monitoring/defaults/main.yml): Prometheus and the
+# exporters, on loopback; Prometheus scrapes every 15 s.
+PROMETHEUS_PORT = 9090
+MONITORING_PORTS = (PROMETHEUS_PORT, 9100, 9121)
+MONITORING_SERVICES = ("prometheus", "prometheus-node-exporter", "prometheus-redis-exporter")
+REDIS_EXPORTER_ENV = "/etc/default/prometheus-redis-exporter"
+SCRAPED_WITHIN = 60.0
+RULES = Path(__file__).resolve().parents[1] / "monitoring/wxrelay-rules.yml"
 
 
 @dataclass(frozen=True)
@@ -611,6 +620,94 @@ def check_https(target: Target) -> None:
     passed("HTTPS with the provided certificate")
 
 
+def prometheus(target: Target, path: str) -> dict:
+    """An answer of Prometheus's HTTP API on the host (it listens on loopback only)."""
+    url = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/{path}"
+    script = f"import urllib.request\nprint(urllib.request.urlopen({url!r}, timeout=5).read().decode())\n"
+    return json.loads(target.shell(f"python3 -c {shell_quote(script)}").stdout)["data"]
+
+
+def scrape_health(target: Target) -> dict[str, list[tuple[str, str, str]]]:
+    """Prometheus's targets by job: (process or address, health, last error)."""
+    jobs: dict[str, list[tuple[str, str, str]]] = {}
+    for scraped in prometheus(target, "targets?state=active")["activeTargets"]:
+        labels = scraped["labels"]
+        name = labels.get("process", labels["instance"])
+        jobs.setdefault(labels["job"], []).append((name, scraped["health"], scraped["lastError"]))
+    return jobs
+
+
+def check_monitoring(target: Target) -> None:
+    """The monitoring role: Prometheus and the exporters run, on loopback only; the Redis exporter reads Redis as
+    the appliance's Redis user, its password root's alone; every alert rule is loaded and none fails."""
+    for service in MONITORING_SERVICES:
+        state = target.shell(f"systemctl is-active {service}", check=False).stdout.strip()
+        check(state == "active", f"{service} is {state}")
+    listening = target.shell("sudo ss -Hltn", check=False).stdout.splitlines()
+    addresses: dict[int, list[str]] = {port: [] for port in MONITORING_PORTS}
+    for line in listening:
+        host, port = line.split()[3].rsplit(":", 1)
+        if int(port) in addresses:
+            addresses[int(port)].append(host)
+    check(
+        all(hosts and all(host in ("127.0.0.1", "[::1]") for host in hosts) for hosts in addresses.values()),
+        f"Prometheus and the exporters do not listen on loopback only: {addresses}",
+    )
+    for port in MONITORING_PORTS:
+        try:
+            with socket.create_connection((target.address, port), timeout=2):
+                raise CheckFailed(f"port {port} of the host is reachable from outside")
+        except OSError:
+            pass
+    mode = target.shell(f"sudo stat -c '%U:%G %a' {REDIS_EXPORTER_ENV}", check=False).stdout.strip()
+    check(mode == "root:root 600", f"{REDIS_EXPORTER_ENV}: {mode}, not root:root 600")
+    commands = target.shell("ps -eo args=", check=False).stdout
+    check(target.secrets["vault_wxrelay_redis_password"] not in commands, "the Redis password is on a command line")
+    passed(
+        f"{', '.join(MONITORING_SERVICES)} active, on loopback only ({', '.join(map(str, MONITORING_PORTS))}) "
+        f"and closed from outside; {REDIS_EXPORTER_ENV} root:root 0600, the password on no command line"
+    )
+
+    def redis_read() -> tuple[list, list]:
+        up = prometheus(target, "query?query=redis_up")["result"]
+        maxmemory = prometheus(target, "query?query=redis_memory_max_bytes")["result"]
+        return [s["value"][1] for s in up], [s["value"][1] for s in maxmemory]
+
+    expected = (["1"], [str(64 * 1024 * 1024)])
+    seen = wait_for(redis_read, lambda read: read == expected, SCRAPED_WITHIN, interval=2)
+    check(seen == expected, f"the Redis exporter does not read Redis: redis_up, redis_memory_max_bytes {seen}")
+    rules = [rule for group in prometheus(target, "rules")["groups"] for rule in group["rules"]]
+    shipped = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
+    failing = [rule["name"] for rule in rules if rule["health"] == "err"]
+    check(len(rules) == shipped and not failing, f"{len(rules)} rules loaded, not {shipped}; failing: {failing}")
+    alerts = sorted(f"{a['labels']['alertname']} ({a['state']})" for a in prometheus(target, "alerts")["alerts"])
+    passed(
+        f"the Redis exporter reads Redis as {REDIS_USER} (maxmemory 64 MB); {len(rules)} alert rules loaded, "
+        f"none failing; alerts now: {', '.join(alerts) or 'none'}"
+    )
+
+
+def check_prometheus_scrapes_everything(target: Target) -> None:
+    """Every relay and worker of the host, the machine and Redis: each target Prometheus scrapes is up."""
+    expected = {"wxrelay-relays": target.relays, "wxrelay-workers": target.workers, "node": 1, "redis": 1}
+
+    def all_up(jobs: dict[str, list[tuple[str, str, str]]]) -> bool:
+        return all(
+            len(jobs.get(job, [])) == count and all(health == "up" for _, health, _ in jobs[job])
+            for job, count in expected.items()
+        )
+
+    jobs = wait_for(lambda: scrape_health(target), all_up, SCRAPED_WITHIN, interval=2)
+    for job, count in expected.items():
+        found = jobs.get(job, [])
+        check(
+            len(found) == count and all(health == "up" for _, health, _ in found),
+            f"Prometheus's {job} targets are not {count} up: {found}",
+        )
+    processes = sorted(name for job in ("wxrelay-relays", "wxrelay-workers") for name, _, _ in jobs[job])
+    passed(f"Prometheus scrapes every relay and worker, all up: {', '.join(processes)}; node and redis up")
+
+
 CHECKS = (
     check_url_verification,
     check_allowed_sources,
@@ -629,6 +726,8 @@ CHECKS = (
     check_closed_from_outside,
     check_https,
     check_wecom_url_verification,
+    check_monitoring,
+    check_prometheus_scrapes_everything,
 )
 
 
