@@ -157,14 +157,21 @@ def _verification(account: Account, origin: str, part: str = "verify") -> Check:
     part = f"{part} {account.name}"
     if answer.ok:
         return Check(part, True, f"{url} answers WeChat's URL verification")
-    if answer.outcome == 403:
-        why = "refused the signature (403): the Token in the admin console must be this account's token"
+    refusal = answer.body.decode("utf-8", "replace").strip()
+    if answer.outcome == 403 and refusal == "source address not allowed":
+        # WXRELAY_ALLOWED_SOURCES lets in WeChat's addresses, not this host's: the link answers, the Token
+        # is WeChat's to try.
+        return Check(part, True, f"{url} answers; only WXRELAY_ALLOWED_SOURCES may call it, so not signed from here")
+    if answer.outcome == 403 and refusal == "stale timestamp":
+        why = "refused the timestamp (403): this host's clock is off; see the clock check"
+    elif answer.outcome == 403:
+        why = f"refused the signature (403: {refusal}): the Token in the admin console must be this account's token"
     elif answer.outcome == "unreachable":
         why = "is not reachable: open ports 80/443 in the firewall and check the DNS name"
     elif answer.outcome == "timeout":
         why = "did not answer in time"
     else:
-        why = f"answered {answer.outcome} {answer.body[:80]!r} instead of the echostr"
+        why = f"answered {answer.outcome} {refusal[:80]!r} instead of the echostr"
     return Check(part, False, f"{url} {why}")
 
 

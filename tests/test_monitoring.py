@@ -18,6 +18,8 @@ import httpx
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from appserver import metrics as worker_metrics
+from appserver.queue_metrics import QueueCollector
 from relay import metrics as relay_metrics
 from simulator import WeChatSimulator
 from tests.conftest import AES_KEY, APPID, TOKEN, WECHAT_TIMEOUT
@@ -30,18 +32,19 @@ RULES = MONITORING / "wxrelay-rules.yml"
 RULE_TESTS = sorted((MONITORING / "tests").glob("*.yml"))
 DASHBOARD = MONITORING / "grafana/wxrelay.json"
 
-# The workers' metrics, by type: the names agreed for issue 14 (each worker's /metrics on
-# 127.0.0.1:WXRELAY_WORKER_METRICS_PORT + n).
-WORKER_METRICS = {
-    "wxrelay_handler_seconds": "histogram",
-    "wxrelay_handler_outcomes": "counter",
-    "wxrelay_handlers_in_flight": "gauge",
-    "wxrelay_late_sends": "counter",
-    "wxrelay_token_fetches": "counter",
-    "wxrelay_token_refreshes": "counter",
-    "wxrelay_queue_depth": "gauge",
-    "wxrelay_queue_oldest_seconds": "gauge",
-}
+
+def worker_metric_types() -> dict[str, str]:
+    """Every metric a worker exports (appserver/metrics.py, and the queue's from appserver/queue_metrics.py)."""
+    found = {
+        family.name: family.type
+        for metric in vars(worker_metrics).values()
+        if isinstance(metric, MetricWrapperBase)
+        for family in metric.describe()
+    }
+    found.update({family.name: family.type for family in QueueCollector("redis://127.0.0.1:1/0", {}).describe()})
+    return found
+
+
 # Prometheus's own `up`, and what Debian 12's Redis exporter (1.45) exports that the rules and dashboard use.
 OTHER_METRICS = {"up", "redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes"}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
@@ -70,7 +73,7 @@ def relay_metric_types() -> dict[str, str]:
 
 def known_series() -> set[str]:
     """The series names a query may select: each metric's samples (a counter's _total, a histogram's _bucket ...)."""
-    types = {**relay_metric_types(), **WORKER_METRICS}
+    types = {**relay_metric_types(), **worker_metric_types()}
     return {name + suffix for name, kind in types.items() for suffix in SUFFIXES[kind]} | OTHER_METRICS
 
 

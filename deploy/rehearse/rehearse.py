@@ -347,12 +347,19 @@ class Rehearsal:
     # --- the deploys -----------------------------------------------------------------
 
     def deploy(self, name: str, extra: str = "") -> str:
+        returncode, output = self.make("deploy", name, extra)
+        if returncode != 0:
+            raise RehearsalError(f"{name} failed ({returncode}); its output:\n{output[-6000:]}")
+        return output
+
+    def make(self, target: str, name: str, extra: str = "") -> tuple[int, str]:
+        """`make TARGET INVENTORY=...` against the container, as an operator runs it; its log is NAME.log."""
         argv = [
             "make",
             "--no-print-directory",
             "-C",
             str(ROOT),
-            "deploy",
+            target,
             f"VENV={sys.prefix}",
             f"INVENTORY={INVENTORY}",
             f"VAULT_PASSWORD_FILE={VAULT_PASSWORD}",
@@ -377,9 +384,25 @@ class Rehearsal:
                 raise
         output = output_path.read_text()
         shutil.copyfile(output_path, Path(tempfile.gettempdir()) / f"wxrelay-rehearse-{name}.log")
-        if returncode != 0:
-            raise RehearsalError(f"{name} failed ({returncode}); its output:\n{output[-6000:]}")
-        return output
+        return returncode, output
+
+    def doctor(self) -> None:
+        """`make doctor INVENTORY=...`: on the host, every link it can check from there holds; what it cannot
+        (WeChat's API, a closed port here; NTP, which no container runs) it names, and the run fails."""
+        returncode, output = self.make("doctor", "doctor")
+        # Ansible's debug output may escape the marks.
+        found = {mark: set() for mark in "✓✗"}
+        for mark, part in re.findall(r"(✓|✗|\\u2713|\\u2717) (\S+(?: (?:default|shop|news|staff|late))?)", output):
+            found["✓" if mark in ("✓", "\\u2713") else "✗"].add(part)
+        healthy = {"services", "nginx", "relay", "redis", "workers", "memory", "bot"}
+        healthy |= {f"verify {name}" for name in ("default", "shop", "news", "staff", ADDED_ACCOUNT["name"])}
+        unreachable = {"clock", "ntp", "token default", "token shop", "token staff"}
+        if returncode == 0 or not healthy <= found["✓"] or found["✗"] != unreachable:
+            raise RehearsalError(
+                f"make doctor: exit {returncode}, passed {sorted(found['✓'])}, failed {sorted(found['✗'])} "
+                f"(expected to pass {sorted(healthy)}, to fail only {sorted(unreachable)}):\n{output[-6000:]}"
+            )
+        log(f"make doctor: {len(found['✓'])} checks pass; fails only where a container cannot: {sorted(unreachable)}")
 
     def rehearse(self) -> None:
         secrets = e2e.read_vault(VAULT, VAULT_PASSWORD)
@@ -424,6 +447,8 @@ class Rehearsal:
                     source=HOST_ADDRESS,
                 )
             )
+        with self.timings.step("make doctor"):
+            self.doctor()
 
     def reload_accounts(self) -> str:
         """An account added to wxrelay_accounts: the deploy changes the accounts file and
