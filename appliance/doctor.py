@@ -185,7 +185,7 @@ def _clock(site: Site) -> Iterator[Check]:
         yield Check(
             "clock",
             False,
-            f"cannot read WeChat's clock from {base} ({_reason(exc)}): the workers cannot "
+            f"cannot read WeChat's clock from {base} ({status.reason(exc)}): the workers cannot "
             "reach WeChat's API either: check this server's outbound network and DNS",
         )
     else:
@@ -280,7 +280,7 @@ def _wechat_api(account: Account) -> Iterator[Check]:
                 yield Check(f"token {account.name}", False, errcodes.explain(exc.errcode or 0, exc.errmsg))
                 return
             except httpx.HTTPError as exc:
-                yield Check(f"token {account.name}", False, f"WeChat's API is not reachable ({_reason(exc)})")
+                yield Check(f"token {account.name}", False, f"WeChat's API is not reachable ({status.reason(exc)})")
                 return
             yield Check(f"token {account.name}", True, f"WeChat hands out its access_token (valid {expires_in} s)")
             if account.kind != WECOM and account.late_replies and account.late_path == "api":
@@ -298,7 +298,7 @@ def _customer_service(http: httpx.Client, account: Account, token: str) -> Check
             json={"cgi_path": CUSTOMER_SERVICE},
         ).json()
     except (httpx.HTTPError, ValueError) as exc:
-        return Check(part, False, f"cannot ask WeChat for the customer-service quota ({_reason(exc)})")
+        return Check(part, False, f"cannot ask WeChat for the customer-service quota ({status.reason(exc)})")
     errcode = answer.get("errcode", 0)
     if errcode == 0:
         quota = answer.get("quota") or {}
@@ -357,11 +357,3 @@ def _mb(size: int) -> str:
 
 def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "nothing listening, or no route"
-    if isinstance(exc, httpx.TimeoutException):
-        return "no answer in time"
-    return str(exc) or type(exc).__name__

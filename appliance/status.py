@@ -62,7 +62,7 @@ def _nginx(client: httpx.Client, http_port: int) -> Check:
     try:
         status = client.get(f"http://127.0.0.1:{http_port}/livez").status_code
     except httpx.HTTPError as exc:
-        return Check("nginx", False, f"{where} → {_reason(exc)}")
+        return Check("nginx", False, f"{where} → {reason(exc)}")
     return Check("nginx", status == 200, f"{where} → {status}")
 
 
@@ -72,7 +72,7 @@ def _relay(client: httpx.Client, port: int) -> tuple[Check, int]:
         response = client.get(f"http://127.0.0.1:{port}/healthz")
         report = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        return Check("relay", False, f"{where} → {_reason(exc)}"), 0
+        return Check("relay", False, f"{where} → {reason(exc)}"), 0
     parts = [
         f"redis {'ok' if report.get('redis') else 'unreachable'}",
         f"{report.get('workers', 0)} workers",
@@ -92,9 +92,10 @@ def redis_check(url: str) -> Check:
         client.close()
 
 
-def _reason(exc: Exception) -> str:
+def reason(exc: Exception) -> str:
+    """Why a probe over HTTP failed, in a few words."""
     if isinstance(exc, httpx.ConnectError):
-        return "nothing listening"
+        return "nothing listening, or no route"
     if isinstance(exc, httpx.TimeoutException):
         return "no answer in time"
     return str(exc) or type(exc).__name__

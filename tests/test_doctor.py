@@ -148,22 +148,20 @@ def test_a_healthy_appliance_gets_a_clean_bill(doctor: Doctor) -> None:
     assert f"{doctor.tls.url} answers WeChat's URL verification" in output
 
 
-def test_an_address_off_the_whitelist_is_named(doctor: Doctor) -> None:
-    doctor.api.refuse_tokens(40164)
+@pytest.mark.parametrize(
+    ("errcode", "said"),
+    [
+        (40164, "add this server's IP 127.0.0.1 to the API IP whitelist"),
+        (40125, "the AppSecret is wrong (40125)"),
+    ],
+)
+def test_a_token_wechat_refuses_is_named_with_its_fix(doctor: Doctor, errcode: int, said: str) -> None:
+    doctor.api.refuse_tokens(errcode)
     try:
         [line] = doctor.failing()
     finally:
         doctor.api.refuse_tokens(0)
-    assert "token default" in line and "add this server's IP 127.0.0.1 to the API IP whitelist" in line
-
-
-def test_a_wrong_appsecret_is_named(doctor: Doctor) -> None:
-    doctor.api.refuse_tokens(40125)
-    try:
-        [line] = doctor.failing()
-    finally:
-        doctor.api.refuse_tokens(0)
-    assert "the AppSecret is wrong (40125)" in line
+    assert "token default" in line and said in line
 
 
 def test_an_account_without_the_customer_service_api_is_told_its_choices(doctor: Doctor) -> None:
