@@ -24,10 +24,17 @@ from simulator import WeChatSimulator
 from simulator.api import FakeWeChatAPI
 from tests.services import Process, free_port, require, require_appliance, wait_until
 
+# WeChat's window, short: a handler slower than its three deliveries goes late in seconds.
+WINDOW = 1.0
+
 
 class Doctor:
     def __init__(self, appliance: Appliance, api: FakeWeChatAPI, tls: TLSFront) -> None:
         self.appliance, self.api, self.tls = appliance, api, tls
+
+    def wechat(self) -> WeChatSimulator:
+        appliance = self.appliance
+        return WeChatSimulator(appliance.url, TOKEN, APPID, appliance.aes_key, mode="safe", deadline=WINDOW)
 
     def run(self) -> tuple[int, str]:
         result = self.appliance.doctor({"SSL_CERT_FILE": str(self.tls.ca)})
@@ -70,8 +77,17 @@ class TLSFront:
             f"    ssl_certificate {folder}/site.pem; ssl_certificate_key {folder}/site.key;\n"
             f"    location / {{ proxy_pass http://127.0.0.1:{upstream}; }} }} }}\n"
         )
-        self.nginx = Process("nginx-tls", [require("nginx"), "-e", str(folder / "error.log"), "-c", str(conf)], folder)
-        self.nginx.wait_ready(lambda: (folder / "nginx.pid").exists())
+        self.conf = conf
+        self.start()
+
+    def start(self) -> None:
+        (self.folder / "nginx.pid").unlink(missing_ok=True)
+        argv = [require("nginx"), "-e", str(self.folder / "error.log"), "-c", str(self.conf)]
+        self.nginx = Process("nginx-tls", argv, self.folder)
+        self.nginx.wait_ready(lambda: (self.folder / "nginx.pid").exists())
+
+    def stop(self) -> None:
+        self.nginx.stop()
 
     @property
     def url(self) -> str:
@@ -118,15 +134,15 @@ def doctor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Doctor]:
     with FakeWeChatAPI(appid=APPID, secret=keys.appsecret) as api:
         tls_folder = workdir / "tls"
         tls_folder.mkdir()
-        appliance = Appliance(workdir / "appliance", api.base_url, window=5.0, keys=keys)
+        appliance = Appliance(workdir / "appliance", api.base_url, window=WINDOW, keys=keys)
         tls = TLSFront(tls_folder, appliance.http_port)
-        appliance.extra = {"WXRELAY_BOT": "tests/bots/careless_bot.py:bot", "WXRELAY_PUBLIC_URL": tls.url}
+        appliance.extra = {"WXRELAY_BOT": "tests/bots/doctor_bot.py:bot", "WXRELAY_PUBLIC_URL": tls.url}
         try:
             appliance.start()
             yield Doctor(appliance, api, tls)
         finally:
             appliance.stop()
-            tls.nginx.stop()
+            tls.stop()
 
 
 def test_a_healthy_appliance_gets_a_clean_bill(doctor: Doctor) -> None:
@@ -220,8 +236,8 @@ def test_redis_near_its_limit_is_named(doctor: Doctor) -> None:
 
 
 def test_a_failing_bot_is_named_with_its_handler_and_error_and_no_secret(doctor: Doctor) -> None:
-    # The bot raises on every text, with the AppSecret in its error.
-    wechat = WeChatSimulator(doctor.appliance.url, TOKEN, APPID, doctor.appliance.aes_key, mode="safe")
+    # The bot raises on every text but `slow N`, with the AppSecret in its error.
+    wechat = doctor.wechat()
     try:
         for _ in range(3):
             assert wechat.say("hello").text is None
@@ -233,3 +249,27 @@ def test_a_failing_bot_is_named_with_its_handler_and_error_and_no_secret(doctor:
     assert "✗ bot" in output and "3 failures in the last hour" in output
     assert "3 × default: handler careless failed: RuntimeError: cannot sign in with appsecret ***" in output, output
     assert doctor.appliance.secrets.appsecret not in output
+
+
+def test_late_replies_wechat_refuses_are_named_by_errcode(doctor: Doctor) -> None:
+    doctor.api.fail_next(45015)
+    try:
+        # Slower than WeChat's three deliveries: the reply goes late, and WeChat refuses it.
+        assert doctor.wechat().say("slow 4").text is None
+        wait_until(lambda: doctor.appliance.redis().llen(problems.KEY) == 1, 30, "the refusal to be kept")
+        code, output = doctor.run()
+    finally:
+        doctor.appliance.redis().delete(problems.KEY)
+    assert code == 1 and "✗ bot" in output, output
+    assert "1 × default: late replies not sent: the user's 48-hour window closed (45015)" in output, output
+
+
+def test_a_public_url_nobody_answers_is_named(doctor: Doctor) -> None:
+    doctor.tls.stop()
+    try:
+        failing = doctor.failing()
+    finally:
+        doctor.tls.start()
+    assert any("public default" in line and "is not reachable: open ports 80/443" in line for line in failing), failing
+    assert any("certificate" in line and f"no TLS on localhost:{doctor.tls.port}" in line for line in failing), failing
+    assert len(failing) == 2, failing
