@@ -2,8 +2,10 @@
 
 Measured on two cores (bench, trivial bot, 128 connections, the same appliance
 pinned and not, alternated six times): pinned, a message costs 8% less CPU and
-the appliance answers 8% more (2,718 against 2,946 µs a message, 699 against
-645 msg/s). A worker's threads hand its GIL to each other dozens of times a
+the appliance answered 8% more (2,718 against 2,946 µs a message, 699 against
+645 msg/s). Since workers take several messages a pop, alternated three times:
+5% less CPU (1,340–1,381 against 1,383–1,493 µs), the same throughput
+(1,288–1,301 against 1,261–1,364 msg/s). A worker's threads hand its GIL to each other dozens of times a
 message, and a relay wakes for every Redis reply: on one core those hand-offs
 stay in its cache and wake nothing across cores. A prefork worker is left
 alone: its children inherit the mask, and a CPU-bound bot wants every core.
