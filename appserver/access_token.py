@@ -18,9 +18,10 @@ import time
 import httpx
 import redis
 
-from appserver.metrics import TOKEN_FETCHES, TOKEN_REFRESHES, child, errcode
+from appserver.metrics import TOKEN_FETCHES, TOKEN_REFRESHES, errcode
 from common.accounts import WECOM, Account
 from common.ledger import PREFIX
+from common.metric_child import child
 
 log = logging.getLogger("wxrelay.access_token")
 

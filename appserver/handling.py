@@ -16,12 +16,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from appserver import coroutines, failures, metrics, wechat_api
 from appserver.bot import Bot
-from appserver.metrics import child
 from appserver.routing import Handler
 from appserver.session import Session
 from common import ledger, problems
 from common.accounts import DEFAULT
 from common.log_format import about
+from common.metric_child import child
 from wechat.events import BaseEvent
 from wechat.messages import BaseMessage
 from wechat.parser import parse_message

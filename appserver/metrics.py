@@ -6,11 +6,9 @@ how a worker serves all of it: appserver/metrics_server.py.
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
+
+from common.metric_child import child
 
 # How a handler's run ended (wxrelay_handler_outcomes_total).
 REPLIED, NO_REPLY, RAISED, TIMED_OUT = "replied", "no_reply", "raised", "timed_out"
@@ -56,13 +54,6 @@ TOKEN_REFRESHES = Counter(
     "expired from the cache), invalid (WeChat refused it).",
     ["account", "reason"],
 )
-
-
-@cache
-def child(metric: MetricWrapperBase, *labels: str) -> Any:
-    """A metric's child for these label values, looked up once: labels() takes a lock and checks
-    its arguments every time (accounts, handlers, outcomes and errcodes are few)."""
-    return metric.labels(*labels)
 
 
 def errcode(code: object) -> str:

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from appserver import metrics, prefork_metrics
 from appserver.app import serving, settings
 from appserver.queue_metrics import QueueCollector
+from common.metric_child import child
 from common.worker_number import metrics_port
 
 log = logging.getLogger("wxrelay.metrics")
@@ -60,7 +61,7 @@ def _registry() -> CollectorRegistry:
     registry.register(QueueCollector(serving.redis_url, queues))
     # Every account's outcomes from 0: a rate is then defined from the worker's start, not from its first message.
     for name in serving.names:
-        metrics.child(metrics.IN_FLIGHT, name).set(0)
+        child(metrics.IN_FLIGHT, name).set(0)
         for outcome in metrics.OUTCOMES:
-            metrics.child(metrics.HANDLER_OUTCOMES, name, outcome)
+            child(metrics.HANDLER_OUTCOMES, name, outcome)
     return registry

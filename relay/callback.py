@@ -31,9 +31,10 @@ from tornado.httputil import (
 from common import ledger
 from common.accounts import DEFAULT, WECOM
 from common.log_format import about
+from common.metric_child import child
 from relay.context import Relay
 from relay.dispatch import HangUp
-from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED, child
+from relay.metrics import MESSAGES, REJECTED, REPLY_SECONDS, VERIFIED
 from relay.routes import Route
 from relay.seen_signatures import SignatureUse, use_of
 from wechat.exceptions import DecryptError, ForbiddenXMLError, SignatureError, XMLError

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import time
-from functools import cache
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
 from tornado.ioloop import PeriodicCallback
 
 REJECTED = Counter(
@@ -45,13 +42,6 @@ LOOP_LAG = Histogram(
 )
 
 LAG_PROBE_MS = 100
-
-
-@cache
-def child(metric: MetricWrapperBase, *labels: str) -> Any:
-    """A metric's child for these label values, looked up once: labels() takes a lock and checks
-    its arguments every time (accounts, outcomes and reasons are few)."""
-    return metric.labels(*labels)
 
 
 def watch_loop_lag() -> PeriodicCallback:
