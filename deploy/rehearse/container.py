@@ -39,6 +39,39 @@ def copy_tree(source: Path, target: Path) -> None:
     run(["cp", "-a", "--reflink=auto", f"{source}/.", str(target)], timeout=300)
 
 
+def own_cgroups(name: str) -> list[Path]:
+    """A cgroup named `name` under this process's, in each hierarchy systemd keeps its units in.
+
+    Why: systemd-nspawn --keep-unit boots the container in the cgroup it is started in, and the
+    container's systemd takes that cgroup for its own tree (system.slice/…). Two containers started
+    from one process would share it: the units of one would land in the cgroups of the other
+    (their control processes then fail with status 219/CGROUP)."""
+    paths = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "name=systemd":
+            mount = Path("/sys/fs/cgroup/systemd")
+        elif controllers == "":
+            unified = Path("/sys/fs/cgroup/unified")
+            mount = unified if (unified / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
+        else:
+            continue
+        cgroup = mount / path.lstrip("/") / name
+        cgroup.mkdir(exist_ok=True)
+        paths.append(cgroup)
+    return paths
+
+
+def remove_cgroups(paths: list[Path]) -> None:
+    """What the container's systemd left under its cgroups, deepest first (an empty cgroup is removed by rmdir)."""
+    for cgroup in paths:
+        for folder, _, _ in sorted(os.walk(cgroup), key=lambda entry: -len(entry[0])):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
 def make_key(path: Path) -> None:
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wxrelay-rehearsal", "-f", str(path)])
 
@@ -48,6 +81,7 @@ class Container:
         self.machine, self.rootfs, self.netns, self.address = machine, rootfs, netns, address
         self.key, self.console = key, console
         self.nspawn: subprocess.Popen | None = None
+        self.cgroups: list[Path] = []
 
     def prepare(self) -> None:
         """The tree as a provider hands a new VPS over: its name, apt sources, resolver, an admin with a key."""
@@ -94,9 +128,16 @@ class Container:
             "--timezone=off",
             "--console=pipe",
         ]
+        self.cgroups = own_cgroups(f"wxrelay-{self.machine}")
+        # A shell moves itself into the cgroups, then becomes systemd-nspawn (no preexec_fn: threads run here).
+        enter = "".join(f'echo $$ > "{cgroup}/cgroup.procs" && ' for cgroup in self.cgroups)
         with open(self.console, "ab") as out:
             self.nspawn = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                ["sh", "-c", f'{enter}exec "$@"', "sh", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + BOOT_WITHIN
         while time.monotonic() < deadline:
@@ -122,8 +163,12 @@ class Container:
 
     def power_off(self) -> None:
         """As the container's own root: systemd stops every service in order (workers finish what they hold)."""
+        if self.running:
+            self.stop()
         if not self.running:
-            return
+            remove_cgroups(self.cgroups)
+
+    def stop(self) -> None:
         assert self.nspawn is not None
         init = self.init_pid()
         if init is not None:
@@ -138,7 +183,7 @@ class Container:
                 os.killpg(self.nspawn.pid, sig)
             try:
                 self.nspawn.wait(wait)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
 

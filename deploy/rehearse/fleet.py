@@ -76,7 +76,7 @@ TRICKLE_RATE = 5.0
 # Phase e: workers1's services stop this far into the trickle, and stay down this long.
 OUTAGE_AT, OUTAGE_FOR, TRICKLE_AFTER = 8.0, 20.0, 10.0
 # What adding or removing a workers host may change on the broker: its firewall, reloaded.
-BROKER_FIREWALL = ["TASK [base : Configure the firewall]", "RUNNING HANDLER [base : Reload the firewall]"]
+BROKER_FIREWALL = ["TASK [base : Write the nftables ruleset]", "RUNNING HANDLER [base : Reload the firewall]"]
 # Connects to Redis and says PING: Redis answers (-NOAUTH: its default user is off), or the connection fails.
 PROBE = (
     "import socket, sys\n"
