@@ -29,7 +29,7 @@ from kombu.transport import virtual as kombu_virtual
 
 from appserver import prefork_metrics
 from appserver.served import Served, served
-from common import cpu_pinning, log_format, open_files, redaction
+from common import cpu_pinning, log_format, open_files, redaction, redis_tls
 from common.accounts import Accounts
 from common.settings import Settings
 from common.worker_number import worker_number
@@ -102,6 +102,10 @@ app.conf.update(
     worker_enable_remote_control=False,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
+    # rediss://: the URL's own TLS options, where kombu would check no certificate and Celery's backend
+    # would refuse a URL without ssl_cert_reqs (common/redis_tls.py).
+    broker_use_ssl=redis_tls.options(settings.redis_url),
+    redis_backend_use_ssl=redis_tls.options(settings.redis_url),
 )
 
 
