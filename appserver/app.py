@@ -29,9 +29,9 @@ from kombu.transport import virtual as kombu_virtual
 
 from appserver import prefork_metrics
 from appserver.served import Served, served
-from common import cpu_pinning, log_format, open_files, redaction
+from common import cpu_pinning, log_format, open_files, redaction, redis_tls
 from common.accounts import Accounts
-from common.settings import Settings
+from common.settings import SETTINGS, Settings
 from common.worker_number import worker_number
 from wechat.exceptions import InvalidConfigError
 
@@ -59,7 +59,10 @@ prefork_metrics.prepare(settings.worker_pool, settings.worker_metrics_port)
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 
-app = Celery("wxrelay", broker=settings.redis_url, backend=settings.redis_url)
+# A configuration refused is said in one line when the worker starts (_refuse_to_start), not by kombu
+# failing first on a rediss:// URL's options.
+_redis_url = SETTINGS["redis_url"].default if _configuration_error else settings.redis_url
+app = Celery("wxrelay", broker=_redis_url, backend=_redis_url)
 app.conf.update(
     # JSON only: a pickle payload on a shared Redis is remote code execution.
     task_serializer="json",
@@ -102,6 +105,10 @@ app.conf.update(
     worker_enable_remote_control=False,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
+    # rediss://: the URL's own TLS options, where kombu would check no certificate and Celery's backend
+    # would refuse a URL without ssl_cert_reqs (common/redis_tls.py).
+    broker_use_ssl=redis_tls.options(_redis_url),
+    redis_backend_use_ssl=redis_tls.options(_redis_url),
 )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import redis_tls
 from common.ledger import account_of
 from common.settings import WECHAT_SOURCES, Settings, environment
 from wechat.crypto import MessageCrypto, decode_aes_key
@@ -253,6 +254,7 @@ def _account(name: str, table: dict[str, Any], settings: Settings, environ: Mapp
         settings.wecom_api_base if wecom else settings.api_base, typing,
     )  # fmt: skip
     _check_keys(account, lambda field: f"{where}.{field}")
+    redis_tls.check(account.redis_url, f"{where}.redis_url")
     return account
 
 

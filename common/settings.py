@@ -15,6 +15,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from common import redis_tls
 from wechat.exceptions import InvalidConfigError
 
 # In WXRELAY_ALLOWED_SOURCES: the addresses WeChat's getcallbackip API lists.
@@ -366,6 +367,7 @@ class Settings:
         """Refuse a configuration the relay cannot serve, with one clear line (the accounts: common.accounts)."""
         if self.reply_budget >= self.wechat_timeout:
             raise InvalidConfigError("WXRELAY_REPLY_BUDGET must be shorter than WXRELAY_WECHAT_TIMEOUT")
+        redis_tls.check(self.redis_url, "WXRELAY_REDIS_URL")
         return self
 
     def as_environ(self) -> dict[str, str]:

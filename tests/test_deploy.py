@@ -166,16 +166,34 @@ def test_multihost_inventory_wiring(tmp_path: Path) -> None:
     # ... with no admin user unless the inventory sets its password ...
     assert "user admin" not in redis
     assert "maxmemory-policy noeviction" in redis
-    # ... its firewall lets the two worker hosts in, and nobody else ...
+    # ... and over TLS on its own port for the other hosts, with the certificates the redis role keeps ...
+    tls = "/etc/redis/tls"
+    settings = ["tls-port 6380", f"tls-cert-file {tls}/redis.crt", f"tls-key-file {tls}/redis.key"]
+    settings += [f"tls-ca-cert-file {tls}/ca.crt", "tls-auth-clients no", 'tls-protocols "TLSv1.2 TLSv1.3"']
+    for line in settings:
+        assert f"\n{line}\n" in redis
+    # ... its firewall lets the two worker hosts reach the TLS port, and nobody else; the plain port is
+    # refused from the network (Redis binds both ports to the private address), so is the TLS port to others ...
     firewall = (front / "nftables.conf").read_text()
-    assert "ip saddr 198.51.100.11 tcp dport 6379 accept" in firewall
-    assert "ip saddr 198.51.100.12 tcp dport 6379 accept" in firewall
+    assert "ip saddr 198.51.100.11 tcp dport 6380 accept" in firewall
+    assert "ip saddr 198.51.100.12 tcp dport 6380 accept" in firewall
+    assert "dport 6379 accept" not in firewall
+    rules = [line.strip() for line in firewall.splitlines()]
+    reject = rules.index("tcp dport { 6379, 6380 } reject with tcp reset")
+    assert (
+        rules.index('iif "lo" accept')
+        < rules.index('ip saddr 198.51.100.12 tcp dport 6380 accept comment "work2"')
+        < reject
+    )
     assert "policy drop" in firewall and "tcp dport { 22, 80, 443 } accept" in firewall
-    assert "6379" not in (worker / "nftables.conf").read_text()
-    # ... the workers use that address, user and password, the front host loopback.
-    url = 'WXRELAY_REDIS_URL="redis://wxrelay:{}@{}:6379/0"'
-    assert url.format(password, "198.51.100.10") in (worker / "wxrelay.env").read_text()
-    assert url.format(password, "127.0.0.1") in (front / "wxrelay.env").read_text()
+    assert "6379" not in (worker / "nftables.conf").read_text() and "6380" not in (worker / "nftables.conf").read_text()
+    # ... the workers use that address and the TLS port, checking its certificate against the CA the app role
+    # copies from the broker; the front host, Redis's own, stays on plaintext loopback.
+    tls_url = (
+        f'WXRELAY_REDIS_URL="rediss://wxrelay:{password}@198.51.100.10:6380/0?ssl_ca_certs=/etc/wxrelay/redis-ca.crt"'
+    )
+    assert tls_url in (worker / "wxrelay.env").read_text()
+    assert f'WXRELAY_REDIS_URL="redis://wxrelay:{password}@127.0.0.1:6379/0"' in (front / "wxrelay.env").read_text()
     # The new settings, at their defaults.
     env = (front / "wxrelay.env").read_text()
     assert 'WXRELAY_REQUIRE_ENCRYPTION="false"' in env and 'WXRELAY_ALLOWED_SOURCES=""' in env
@@ -187,6 +205,20 @@ def test_multihost_inventory_wiring(tmp_path: Path) -> None:
     assert "[program:wxrelay-worker]" in worker_programs and "[program:wxrelay-relay]" not in worker_programs
     # Warm shutdown outlasts the longest task (90 s by default).
     assert "stopwaitsecs=120" in worker_programs
+
+
+def test_a_single_host_keeps_redis_on_plaintext_loopback(tmp_path: Path) -> None:
+    """One host: no TLS anywhere, Redis on loopback, its port closed to the network by the drop policy alone."""
+    host = render(TESTS_DEPLOY / "inventory", tmp_path) / "rehearsal"
+    redis = (host / "redis.conf").read_text()
+    assert "bind 127.0.0.1\n" in redis and "port 6379\n" in redis and "tls-" not in redis
+    assert 'WXRELAY_REDIS_URL="redis://wxrelay:' in (host / "wxrelay.env").read_text()
+    assert (
+        '@127.0.0.1:6379/0"\n' in (host / "wxrelay.env").read_text()
+        and "rediss" not in (host / "wxrelay.env").read_text()
+    )
+    firewall = (host / "nftables.conf").read_text()
+    assert "6379" not in firewall and "6380" not in firewall and "reject" not in firewall
 
 
 @pytest.mark.parametrize("version, channels", [("7.0.15", "&* "), ("6.0.16", " ")], ids=["redis-7.0", "redis-6.0"])
