@@ -8,12 +8,14 @@ this machine's bridge address, so late replies are counted. The phases, each tim
 
 a. one `make deploy` for all hosts, then a second: changed=0 on every host;
 b. end-to-end checks through relays1's nginx in all three modes (deploy/rehearse/e2e.py);
-c. the broker's firewall: Redis answers relays1 and workers1, not the outsider nor this machine;
+c. the broker's firewall: Redis (TLS) answers relays1 and workers1, not the outsider nor this machine;
 d. workers2 added to the inventory: only it and the broker's firewall change, both workers hosts run
    handlers; removed again: only the broker's firewall changes, workers2 powered off (a warm shutdown),
    workers1 answers, workers2 can no longer reach Redis;
 e. a trickle of messages while workers1's services are down for 20 s: each answered exactly once;
-f. a trickle while an upgrade is deployed: relays one at a time, workers warm: each answered exactly once.
+f. a trickle while an upgrade is deployed: relays one at a time, workers warm: each answered exactly once;
+g. Redis between hosts is TLS: rediss:// in the clients' settings, the plain port refused to the other
+   hosts, a plaintext client on the TLS port unanswered (and b–f ran over it).
 
 Everything is torn down at the end, on failure and SIGTERM too. Needs root and what `make rehearse`
 needs. Knobs: --keep, WXRELAY_REHEARSE_KEEP_ON_FAILURE, WXRELAY_REHEARSE_BASE_CACHE, WXRELAY_REHEARSE_MIRROR
@@ -70,20 +72,30 @@ WORKERS2 = ROOT / "tests/deploy/fleet/workers2.yml"
 VAULT = ROOT / "tests/deploy/inventory/group_vars/all/vault.yml"
 RELAYS, WORKERS = 2, 2  # per host, as group_vars/fleet.yml
 WORKER_METRICS_PORT = 8101
-REDIS_PORT = 6379
+# Redis's plain port (loopback only, on the broker) and its TLS port, which the other hosts use
+# (roles/wxrelay/defaults/main.yml: wxrelay_redis_port, wxrelay_redis_tls_port), and the CA certificate
+# those hosts check Redis's against (wxrelay_redis_ca_file).
+REDIS_PORT, REDIS_TLS_PORT = 6379, 6380
+REDIS_CA = "/etc/wxrelay/redis-ca.crt"
+ENV_FILE = "/etc/wxrelay/wxrelay.env"
 GROW_MESSAGES = 40
 TRICKLE_RATE = 5.0
 # Phase e: workers1's services stop this far into the trickle, and stay down this long.
 OUTAGE_AT, OUTAGE_FOR, TRICKLE_AFTER = 8.0, 20.0, 10.0
 # What adding or removing a workers host may change on the broker: its firewall, reloaded.
 BROKER_FIREWALL = ["TASK [base : Write the nftables ruleset]", "RUNNING HANDLER [base : Reload the firewall]"]
-# Connects to Redis and says PING: Redis answers (-NOAUTH: its default user is off), or the connection fails.
+# Connects to Redis (over TLS when given a CA certificate) and says PING. `redis -NOAUTH…`: Redis answered
+# (its default user is off); `closed …`: something else came back, or nothing; `refused …`: no connection.
 PROBE = (
-    "import socket, sys\n"
+    "import socket, ssl, sys\n"
+    "host, port = sys.argv[1], int(sys.argv[2])\n"
     "try:\n"
-    "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n"
+    "    s = socket.create_connection((host, port), timeout=3)\n"
+    "    if len(sys.argv) > 3:\n"
+    "        s = ssl.create_default_context(cafile=sys.argv[3]).wrap_socket(s, server_hostname=host)\n"
     "    s.sendall(b'PING\\r\\n')\n"
-    "    print('answered', s.recv(200).decode(errors='replace').strip())\n"
+    "    reply = s.recv(200).decode(errors='replace').strip()\n"
+    "    print('redis' if reply[:1] in ('-', '+') else 'closed', reply[:60] or 'no reply')\n"
     "except OSError as exc:\n"
     "    print('refused', type(exc).__name__)\n"
 )
@@ -189,6 +201,8 @@ class Fleet:
             self.host_lost()
         with self.timings.step("f. rolling upgrade (trickle)"):
             self.rolling_upgrade()
+        with self.timings.step("g. Redis over TLS between hosts"):
+            self.check_tls()
         # Late duplicates would show by now: every trickle counted again.
         for label, trickle in self.trickles:
             counts = trickle.counts()
@@ -209,28 +223,50 @@ class Fleet:
             workers=WORKERS,
         )
 
-    def check_broker_firewall(self) -> None:
-        broker = ADDRESSES["broker1"]
-        for name in ("relays1", "workers1"):
-            answer = self.hosts[name].ssh(f"python3 -c {e2e.shell_quote(PROBE)} {broker} {REDIS_PORT}").stdout.strip()
-            e2e.check(answer.startswith("answered"), f"Redis from {name}: {answer}")
-        e2e.passed("Redis on broker1 answers relays1 and workers1")
-        self.check_refused(OUTSIDER.netns, "the outsider (10.213.78.99, in no group)")
-        self.check_refused(None, f"this machine ({HOST_ADDRESS})")
+    def probe(self, name: str, port: int, tls: bool = False) -> str:
+        """What a connection from host `name` to Redis on the broker gets (see PROBE)."""
+        # As root: the CA certificate is in the service's folder (/etc/wxrelay, mode 0750).
+        argv = f"sudo python3 -c {e2e.shell_quote(PROBE)} {ADDRESSES['broker1']} {port}" + (
+            f" {REDIS_CA}" if tls else ""
+        )
+        return self.hosts[name].ssh(argv).stdout.strip()
 
-    def check_refused(self, netns: str | None, who: str) -> None:
+    def check_broker_firewall(self) -> None:
+        for name in ("relays1", "workers1"):
+            answer = self.probe(name, REDIS_TLS_PORT, tls=True)
+            e2e.check(answer.startswith("redis"), f"Redis over TLS from {name}: {answer}")
+        e2e.passed(f"Redis on broker1 answers relays1 and workers1 over TLS (port {REDIS_TLS_PORT})")
+        for port in (REDIS_PORT, REDIS_TLS_PORT):
+            self.check_refused(OUTSIDER.netns, "the outsider (10.213.78.99, in no group)", port)
+            self.check_refused(None, f"this machine ({HOST_ADDRESS})", port)
+
+    def check_refused(self, netns: str | None, who: str, port: int) -> None:
         """From a namespace on the bridge (or this machine's bridge address): no connection to Redis."""
         if netns is None:
             try:
-                with socket.create_connection((ADDRESSES["broker1"], REDIS_PORT), 3, (HOST_ADDRESS, 0)):
-                    answer = "answered"
+                with socket.create_connection((ADDRESSES["broker1"], port), 3, (HOST_ADDRESS, 0)):
+                    answer = "connected"
             except OSError as exc:
                 answer = f"refused {type(exc).__name__}"
         else:
-            argv = ["ip", "netns", "exec", netns, sys.executable, "-c", PROBE, ADDRESSES["broker1"], str(REDIS_PORT)]
+            argv = ["ip", "netns", "exec", netns, sys.executable, "-c", PROBE, ADDRESSES["broker1"], str(port)]
             answer = run(argv, timeout=30).stdout.strip()
-        e2e.check(answer.startswith("refused"), f"Redis on broker1 let {who} in: {answer}")
-        e2e.passed(f"Redis on broker1 refuses {who}: {answer}")
+        e2e.check(answer.startswith("refused"), f"Redis on broker1, port {port}, let {who} in: {answer}")
+        e2e.passed(f"Redis on broker1, port {port}, refuses {who}: {answer}")
+
+    def check_tls(self) -> None:
+        """Redis traffic between hosts is TLS: rediss:// in the clients' settings, the plain port closed to
+        them, a plaintext client on the TLS port gets no answer (b–f ran over TLS)."""
+        for name in ("relays1", "workers1"):
+            found = self.hosts[name].ssh(f"sudo grep -Ec '^WXRELAY_REDIS_URL=.?rediss://' {ENV_FILE}", check=False)
+            e2e.check(found.stdout.strip() == "1", f"{name}'s {ENV_FILE}: WXRELAY_REDIS_URL is not rediss://")
+        e2e.passed(f"relays1 and workers1 reach Redis by rediss:// ({ENV_FILE})")
+        plain = self.probe("workers1", REDIS_PORT)
+        e2e.check(plain.startswith("refused"), f"a plaintext connection from workers1 to port {REDIS_PORT}: {plain}")
+        e2e.passed(f"a plaintext connection from workers1 to Redis's plain port {REDIS_PORT}: {plain}")
+        confused = self.probe("workers1", REDIS_TLS_PORT)
+        e2e.check(not confused.startswith("redis"), f"a plaintext client on the TLS port was answered: {confused}")
+        e2e.passed(f"a plaintext client on the TLS port {REDIS_TLS_PORT} gets no Redis answer: {confused}")
 
     def handler_runs(self, name: str) -> float:
         """Handler runs the workers of one host counted (their Prometheus metrics), since they started."""
@@ -289,7 +325,7 @@ class Fleet:
         runs = self.handler_runs("workers1") - before
         e2e.check(runs == 10, f"with workers2 gone, 10 messages made {runs} handler runs on workers1")
         e2e.passed("workers2 powered off: 10 messages answered, each run once by workers1")
-        self.check_refused("wxr-fleet-workers2", "workers2, out of the inventory")
+        self.check_refused("wxr-fleet-workers2", "workers2, out of the inventory", REDIS_TLS_PORT)
 
     def trickle(self, label: str) -> Trickle:
         s = self.secrets
