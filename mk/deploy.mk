@@ -16,7 +16,7 @@ endif
 ANSIBLE_BIN := $(abspath $(VENV))/bin
 ANSIBLE_ENV := ANSIBLE_CONFIG=$(CURDIR)/$(ANSIBLE_DIR)/ansible.cfg PATH=$(ANSIBLE_BIN):$$PATH
 
-.PHONY: deploy rehearse lint deploy-tools
+.PHONY: deploy rehearse rehearse-fleet lint deploy-tools
 
 # Ansible and its linters, pinned, in the same virtualenv (the project's lock
 # as constraints: one consistent set).
@@ -42,3 +42,8 @@ lint: deploy-tools
 	$(ANSIBLE_BIN)/yamllint --strict deploy/ansible deploy/monitoring tests/deploy .yamllint .ansible-lint
 	cd $(ANSIBLE_DIR) && $(ANSIBLE_ENV) $(ANSIBLE_BIN)/ansible-lint --profile production
 	cd $(ANSIBLE_DIR) && $(ANSIBLE_ENV) $(ANSIBLE_BIN)/ansible-playbook --syntax-check -i inventory/example site.yml
+
+# The multi-host layout (tests/deploy/fleet): relays, workers and broker
+# containers on a private network, grown, hurt and upgraded (deploy/rehearse/fleet.py).
+rehearse-fleet: venv deploy-tools
+	$(PY) deploy/rehearse/fleet.py

@@ -72,8 +72,16 @@ class SendAttempt:
 class FakeWeChatAPI:
     """`with FakeWeChatAPI(appid=..., secret=...) as api:` serves on `api.base_url`."""
 
-    def __init__(self, appid: str = "wx_fake_appid", secret: str = "fake_secret", expires_in: int = 7200) -> None:
+    def __init__(
+        self,
+        appid: str = "wx_fake_appid",
+        secret: str = "fake_secret",
+        expires_in: int = 7200,
+        address: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
         self.appid = appid
+        # Loopback on a free port, or where hosts other than this one reach it (the fleet rehearsal's bridge).
+        self.address = address
         self.secret = secret
         self.expires_in = expires_in
         # Guards every field below; waiters are woken whenever one changes.
@@ -123,7 +131,7 @@ class FakeWeChatAPI:
         self.stop()
 
     def start(self) -> None:
-        self._server = _Server(self)
+        self._server = _Server(self, self.address)
         # A short poll interval keeps shutdown, and so each test's teardown, quick.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-wechat-api", daemon=True
@@ -590,8 +598,8 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api: FakeWeChatAPI) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, api: FakeWeChatAPI, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
         self.api = api
 
 

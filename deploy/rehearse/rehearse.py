@@ -46,26 +46,25 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from deploy.rehearse import e2e  # noqa: E402
+from deploy.rehearse.commands import RehearsalError, log  # noqa: E402
+from deploy.rehearse.container import Container, base_tree, make_key  # noqa: E402
+from deploy.rehearse.deploys import VAULT_PASSWORD, Operator, snapshot_project  # noqa: E402
+from deploy.rehearse.network import Guest, Network  # noqa: E402
+from deploy.rehearse.recap import changed_tasks, recap_counts  # noqa: E402
+from deploy.rehearse.timings import Timings  # noqa: E402
 
 # Names of everything the rehearsal creates on this machine; the lock makes
-# sure only one rehearsal uses them at a time.
+# sure only one rehearsal uses them at a time (`make rehearse-fleet` has names of its own).
 NETNS = "wxrelay-rehearse"
-HOST_IF, GUEST_IF = "wxr-host", "wxr-guest"
+BRIDGE, HOST_LINK = "wxr-host", "wxr-host-0"
 # As in tests/deploy/inventory: hosts.yml (the guest), group_vars (the host, the one allowed source).
 HOST_ADDRESS, GUEST_ADDRESS, PREFIX = "10.213.77.1", "10.213.77.2", 30
 NFT_TABLE = "wxrelay_rehearse"
 LOCK = Path("/run/lock/wxrelay-rehearse.lock")
 MACHINE = "wxrelay-rehearsal"
-ADMIN = "admin"
 
 INVENTORY = ROOT / "tests/deploy/inventory"
-VAULT_PASSWORD = ROOT / "tests/deploy/vault-password"
 VAULT = INVENTORY / "group_vars/all/vault.yml"
-RELEASE = "bookworm"
-MIRROR = os.environ.get("WXRELAY_REHEARSE_MIRROR", "http://deb.debian.org/debian")
-# What a fresh cloud VPS has: systemd, ssh, sudo. Not Python: the playbook's
-# first play installs it.
-PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,sudo,ca-certificates,iproute2"
 REQUIRED = ("systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "nsenter", "make", "chroot")
 # The AppIDs and the CorpID are public (every message names them); every other
 # vault value is a secret that Ansible's output, diffs included, must never show.
@@ -86,23 +85,6 @@ ADDED_ACCOUNT = {
 }
 
 
-class RehearsalError(Exception):
-    pass
-
-
-def log(message: str) -> None:
-    print(f"[rehearse {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(argv: list[str], *, check: bool = True, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, text=True, capture_output=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
-    if check and result.returncode != 0:
-        raise RehearsalError(
-            f"{' '.join(map(str, argv))} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
-        )
-    return result
-
-
 def missing_requirements() -> str | None:
     """Why this machine cannot rehearse, or None."""
     if os.geteuid() != 0:
@@ -118,278 +100,30 @@ def missing_requirements() -> str | None:
     return None
 
 
-class Timings:
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, float]] = []
-
-    def step(self, name: str) -> _Step:
-        return _Step(self, name)
-
-    def report(self) -> str:
-        return "\n".join(f"  {name:<34} {seconds:7.1f} s" for name, seconds in self.steps)
-
-
-class _Step:
-    def __init__(self, timings: Timings, name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self) -> None:
-        log(f"{self.name} …")
-        self.started = time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
-        seconds = time.monotonic() - self.started
-        self.timings.steps.append((self.name, seconds))
-        log(f"{self.name}: {seconds:.1f} s{' (failed)' if exc[0] else ''}")
-
-
 class Rehearsal:
     def __init__(self, work: Path, keep: bool, base_cache: Path | None) -> None:
         self.work = work
-        self.rootfs = work / "rootfs"
         self.key = work / "id_ed25519"
         self.snapshot = work / "project"
         self.keep = keep
         self.base_cache = base_cache
-        self.nspawn: subprocess.Popen | None = None
-        self.nspawn_log = work / "nspawn.log"
-        self.forwarding: str | None = None
+        self.network = Network(BRIDGE, HOST_ADDRESS, PREFIX, NFT_TABLE, [Guest(NETNS, GUEST_ADDRESS, HOST_LINK)])
+        self.container = Container(MACHINE, work / "rootfs", NETNS, GUEST_ADDRESS, self.key, work / "nspawn.log")
+        self.operator = Operator(work, INVENTORY, self.key, self.snapshot, "wxrelay-rehearse")
         self.timings = Timings()
-
-    # --- the fresh VPS -------------------------------------------------------
-
-    def build_tree(self) -> None:
-        if self.base_cache is not None and (self.base_cache / "etc/os-release").is_file():
-            log(f"copying the base tree from {self.base_cache} (WXRELAY_REHEARSE_BASE_CACHE)")
-            run(["cp", "-a", f"{self.base_cache}/.", str(self.rootfs)], timeout=300)
-            return
-        run(
-            ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", RELEASE, str(self.rootfs), MIRROR],
-            timeout=900,
-        )
-        if self.base_cache is not None:
-            self.base_cache.mkdir(parents=True, exist_ok=True)
-            run(["cp", "-a", f"{self.rootfs}/.", str(self.base_cache)], timeout=300)
-
-    def prepare_tree(self) -> None:
-        etc = self.rootfs / "etc"
-        (etc / "hostname").write_text(f"{MACHINE}\n")
-        (etc / "hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {MACHINE}\n::1 localhost ip6-localhost\n")
-        security = MIRROR.rstrip("/").removesuffix("/debian") + "/debian-security"
-        (etc / "apt/sources.list").write_text(
-            f"deb {MIRROR} {RELEASE} main\ndeb {MIRROR} {RELEASE}-updates main\n"
-            f"deb {security} {RELEASE}-security main\n"
-        )
-        # The host's resolver, reached through the masquerade.
-        resolv = etc / "resolv.conf"
-        if resolv.is_symlink() or resolv.exists():
-            resolv.unlink()
-        shutil.copyfile("/etc/resolv.conf", resolv)
-        # The machine id is made at first boot, as on a new VPS.
-        (etc / "machine-id").write_text("")
-        # A sudoer that logs in with a key, as cloud images have.
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wxrelay-rehearsal", "-f", str(self.key)])
-        run(["chroot", str(self.rootfs), "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", ADMIN])
-        (etc / "sudoers.d" / ADMIN).write_text(f"{ADMIN} ALL=(ALL) NOPASSWD:ALL\n")
-        (etc / "sudoers.d" / ADMIN).chmod(0o440)
-        ssh = self.rootfs / "home" / ADMIN / ".ssh"
-        ssh.mkdir(mode=0o700)
-        (ssh / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
-        run(["chroot", str(self.rootfs), "chown", "-R", f"{ADMIN}:{ADMIN}", f"/home/{ADMIN}/.ssh"])
-
-    def snapshot_project(self) -> None:
-        """The code deployed, copied once: edits made meanwhile do not change it."""
-        ignore = shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            ".state",
-            "__pycache__",
-            "*.pyc",
-            ".pytest_cache",
-            ".hypothesis",
-            ".ruff_cache",
-            ".vagrant",
-            "*.egg-info",
-        )
-        shutil.copytree(ROOT, self.snapshot, ignore=ignore, symlinks=True)
-
-    # --- its network -----------------------------------------------------------
-
-    def clean_stale_network(self) -> None:
-        """What an interrupted rehearsal left (we hold the lock: no other one runs)."""
-        if run(["ip", "netns", "list"]).stdout.split().count(NETNS):
-            log(f"removing the network namespace {NETNS} an interrupted rehearsal left")
-            run(["ip", "netns", "delete", NETNS], check=False)
-        if run(["ip", "link", "show", HOST_IF], check=False).returncode == 0:
-            run(["ip", "link", "delete", HOST_IF], check=False)
-        if run(["nft", "list", "table", "ip", NFT_TABLE], check=False).returncode == 0:
-            run(["nft", "delete", "table", "ip", NFT_TABLE], check=False)
-
-    def network_up(self) -> None:
-        self.clean_stale_network()
-        run(["ip", "netns", "add", NETNS])
-        run(["ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", GUEST_IF])
-        run(["ip", "link", "set", GUEST_IF, "netns", NETNS])
-        run(["ip", "address", "add", f"{HOST_ADDRESS}/{PREFIX}", "dev", HOST_IF])
-        run(["ip", "link", "set", HOST_IF, "up"])
-        inside = ["ip", "-n", NETNS]
-        run([*inside, "address", "add", f"{GUEST_ADDRESS}/{PREFIX}", "dev", GUEST_IF])
-        run([*inside, "link", "set", GUEST_IF, "up"])
-        run([*inside, "link", "set", "lo", "up"])
-        run([*inside, "route", "add", "default", "via", HOST_ADDRESS])
-        subnet = f"{HOST_ADDRESS.rsplit('.', 1)[0]}.0/{PREFIX}"
-        ruleset = (
-            f"table ip {NFT_TABLE} {{\n"
-            f"  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n"
-            f'    ip saddr {subnet} oifname != "{HOST_IF}" masquerade\n  }}\n}}\n'
-        )
-        run(["nft", "-f", "-"], input=ruleset)
-        forwarding = Path("/proc/sys/net/ipv4/ip_forward")
-        self.forwarding = forwarding.read_text().strip()
-        forwarding.write_text("1\n")
-
-    def network_down(self) -> None:
-        run(["ip", "netns", "delete", NETNS], check=False)  # takes the veth pair with it
-        if run(["ip", "link", "show", HOST_IF], check=False).returncode == 0:
-            run(["ip", "link", "delete", HOST_IF], check=False)
-        run(["nft", "delete", "table", "ip", NFT_TABLE], check=False)
-        if self.forwarding is not None:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(f"{self.forwarding}\n")
-
-    # --- the container ------------------------------------------------------------
-
-    def boot(self) -> None:
-        argv = [
-            "systemd-nspawn",
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--boot",
-            f"--directory={self.rootfs}",
-            f"--machine={MACHINE}",
-            f"--network-namespace-path=/run/netns/{NETNS}",
-            # A VPS's root may set its firewall: the namespace is the container's own.
-            "--capability=CAP_NET_ADMIN",
-            "--resolv-conf=off",
-            "--timezone=off",
-            "--console=pipe",
-        ]
-        with open(self.nspawn_log, "wb") as out:
-            self.nspawn = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.nspawn.poll() is not None:
-                raise RehearsalError(
-                    f"systemd-nspawn exited ({self.nspawn.returncode}):\n{self.nspawn_log.read_text()}"
-                )
-            if self.ssh("true", check=False, timeout=10).returncode == 0:
-                return
-            time.sleep(1)
-        raise RehearsalError("the container's ssh did not answer within 90 s")
-
-    def container_init(self) -> int | None:
-        if self.nspawn is None or self.nspawn.poll() is not None:
-            return None
-        children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children")
-        try:
-            pids = children.read_text().split()
-        except OSError:
-            return None
-        return int(pids[0]) if pids else None
-
-    def power_off(self) -> None:
-        if self.nspawn is None or self.nspawn.poll() is not None:
-            return
-        init = self.container_init()
-        if init is not None:
-            # As the container's own root: systemd stops every service in order.
-            run(
-                ["nsenter", f"--target={init}", "--mount", "--uts", "--ipc", "--net", "--pid", "systemctl", "poweroff"],
-                check=False,
-                timeout=30,
-            )
-        for sig, wait in ((None, 60), (signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if sig is not None and self.nspawn.poll() is None:
-                log(f"the container is still up: sending {sig.name} to systemd-nspawn")
-                os.killpg(self.nspawn.pid, sig)
-            try:
-                self.nspawn.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
     def ssh(
         self, command: str, *, check: bool = True, timeout: float = 60, input: str | None = None
     ) -> subprocess.CompletedProcess:
-        """`command` as the admin user; secrets go in on `input`, never in the command line."""
-        argv = [
-            "ssh",
-            "-i",
-            str(self.key),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=5",
-            f"{ADMIN}@{GUEST_ADDRESS}",
-            command,
-        ]
-        return run(argv, check=check, timeout=timeout, input=input)
-
-    # --- the deploys -----------------------------------------------------------------
+        return self.container.ssh(command, check=check, timeout=timeout, input=input)
 
     def deploy(self, name: str, extra: str = "") -> str:
-        returncode, output = self.make("deploy", name, extra)
-        if returncode != 0:
-            raise RehearsalError(f"{name} failed ({returncode}); its output:\n{output[-6000:]}")
-        return output
-
-    def make(self, target: str, name: str, extra: str = "") -> tuple[int, str]:
-        """`make TARGET INVENTORY=...` against the container, as an operator runs it; its log is NAME.log."""
-        argv = [
-            "make",
-            "--no-print-directory",
-            "-C",
-            str(ROOT),
-            target,
-            f"VENV={sys.prefix}",
-            f"INVENTORY={INVENTORY}",
-            f"VAULT_PASSWORD_FILE={VAULT_PASSWORD}",
-            # --diff as an operator upgrading would run it: the secrets must not show.
-            f"ANSIBLE_ARGS=--diff -e app_project_dir={self.snapshot} {extra}".rstrip(),
-        ]
-        env = {**os.environ, "WXRELAY_REHEARSE_SSH_KEY": str(self.key), "ANSIBLE_FORCE_COLOR": "0"}
-        output_path = self.work / f"{name}.log"
-        with open(output_path, "w") as out:
-            # A session of its own: on a failure or a signal, make and
-            # ansible-playbook stop together, before the teardown.
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            try:
-                returncode = process.wait(timeout=900)
-            except BaseException:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-                raise
-        output = output_path.read_text()
-        shutil.copyfile(output_path, Path(tempfile.gettempdir()) / f"wxrelay-rehearse-{name}.log")
-        return returncode, output
+        return self.operator.deploy(name, extra)
 
     def doctor(self) -> None:
         """`make doctor INVENTORY=...`: on the host, every link it can check from there holds; what it cannot
         (WeChat's API, a closed port here; NTP, which no container runs) it names, and the run fails."""
-        returncode, output = self.make("doctor", "doctor")
+        returncode, output = self.operator.make("doctor", "doctor")
         # Ansible's debug output may escape the marks.
         found = {mark: set() for mark in "✓✗"}
         for mark, part in re.findall(r"(✓|✗|\\u2713|\\u2717) (\S+(?: (?:default|shop|news|staff|late))?)", output):
@@ -407,12 +141,13 @@ class Rehearsal:
     def rehearse(self) -> None:
         secrets = e2e.read_vault(VAULT, VAULT_PASSWORD)
         with self.timings.step("debootstrap (fresh Debian 12 tree)"):
-            self.build_tree()
-        self.prepare_tree()
-        self.snapshot_project()
+            base_tree(self.container.rootfs, self.base_cache)
+        make_key(self.key)
+        self.container.prepare()
+        snapshot_project(self.snapshot)
         with self.timings.step("network and boot"):
-            self.network_up()
-            self.boot()
+            self.network.up()
+            self.container.boot()
         with self.timings.step("first converge (make deploy)"):
             first = self.deploy("converge-1")
         with self.timings.step("second converge (make deploy)"):
@@ -495,23 +230,15 @@ class Rehearsal:
     def teardown(self) -> None:
         with self.timings.step("teardown"):
             try:
-                self.power_off()
+                self.container.power_off()
             finally:
-                self.network_down()
+                self.network.down()
                 if self.keep:
                     log(f"kept {self.work} (--keep)")
-                elif self.nspawn is None or self.nspawn.poll() is not None:
+                elif not self.container.running:
                     shutil.rmtree(self.work, ignore_errors=True)
                 else:
                     log(f"the container did not stop: left {self.work} in place")
-
-
-def recap_counts(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP lines: host -> {ok, changed, unreachable, failed, ...}."""
-    recap: dict[str, dict[str, int]] = {}
-    for match in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output.split("PLAY RECAP")[-1], re.MULTILINE):
-        recap[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
-    return recap
 
 
 def leaked(output: str, secrets: dict[str, str]) -> list[str]:
@@ -525,16 +252,6 @@ def leaked(output: str, secrets: dict[str, str]) -> list[str]:
             found.append(name)
         if name.startswith("vault_wxrelay_redis_") and hashlib.sha256(value.encode()).hexdigest() in output:
             found.append(f"the SHA-256 of {name}")
-    return found
-
-
-def changed_tasks(output: str) -> list[str]:
-    task, found = "", []
-    for line in output.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line.rstrip("* ")
-        elif line.startswith("changed:"):
-            found.append(f"  {task}: {line}")
     return found
 
 
