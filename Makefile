@@ -24,6 +24,7 @@ help:
 	@echo "make chaos    rehearse the faults (workers, relays, Redis killed; Redis down, full) and print the table"
 	@echo "make deploy   provision a VPS with Ansible: make deploy INVENTORY=path (README: Deploy to a VPS)"
 	@echo "make rehearse the whole deploy against a fresh Debian 12 container (root, systemd-nspawn)"
+	@echo "make rehearse-fleet the multi-host deploy: relays, workers and broker containers on a private network, grown, hurt, upgraded"
 	@echo "make lint     yamllint, ansible-lint and a syntax check of the playbook"
 
 venv: $(STAMP)
