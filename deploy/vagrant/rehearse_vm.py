@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from deploy.rehearse import e2e  # noqa: E402
-from deploy.rehearse.rehearse import RehearsalError, Timings, changed_tasks, recap_counts  # noqa: E402
+from deploy.rehearse.rehearse import RehearsalError, Timings, changed_tasks, leaked, recap_counts  # noqa: E402
 from deploy.vagrant import accel  # noqa: E402
 
 # The copy's folder name: vagrant-libvirt names the domain <folder>_<machine>.
@@ -97,7 +97,7 @@ def missing_requirements() -> str | None:
 
 
 class Daemon:
-    """libvirtd or virtlogd: started here (no systemd to do it) when it does not run, stopped after by its PID."""
+    """libvirtd or virtlogd, where no systemd starts it: started here if it does not run, stopped after by its PID."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -113,7 +113,8 @@ class Daemon:
         return Path(f"/proc/{pid}/comm").read_text().strip() == self.name
 
     def ensure(self) -> None:
-        if self.running():
+        # Under systemd their sockets start them on demand.
+        if Path("/run/systemd/system").is_dir() or self.running():
             return
         run([self.name, "--daemon"])
         deadline = time.monotonic() + 30
@@ -150,6 +151,8 @@ class VMRehearsal:
             "WXRELAY_VM_ACCEL": accelerator,
             "WXRELAY_VM_SERIAL_LOG": str(work / "console.log"),
             "ANSIBLE_PLAYBOOK": str(Path(sys.prefix) / "bin/ansible-playbook"),
+            # Vagrant asks `ansible --version` too.
+            "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}",
             "ANSIBLE_FORCE_COLOR": "0",
             "VAGRANT_CHECKPOINT_DISABLE": "1",
             "VAGRANT_NO_COLOR": "1",
@@ -270,6 +273,9 @@ class VMRehearsal:
         if not recap.get("default") or recap["default"]["changed"] or recap["default"]["failed"]:
             tasks = "\n".join(changed_tasks(second))
             raise RehearsalError(f"the second provision was not idempotent: {recap or 'no recap'}\n{tasks}")
+        shown = leaked(first + second, secrets)
+        if shown:
+            raise RehearsalError(f"Vagrant's output (up.log, provision.log) shows {', '.join(shown)}")
         with self.timings.step("vagrant destroy"):
             self.vagrant("destroy", "destroy", "-f")
             self.upped = False
@@ -297,9 +303,9 @@ class VMRehearsal:
             left.append(f"the network {NETWORK}")
         if not self.network_existed and Path(f"/run/libvirt/network/{NETWORK}.pid").exists():
             left.append(f"the dnsmasq of {NETWORK}")
-        machines = self.project / ".vagrant/machines/default/libvirt"
-        if machines.is_dir() and any(machines.iterdir()):
-            left.append(f"machine state in {machines}: {sorted(p.name for p in machines.iterdir())}")
+        state = sorted(p.name for p in (self.project / ".vagrant/machines").rglob("*") if p.is_file())
+        if state:
+            left.append(f"machine state in .vagrant/machines: {state}")
         return left
 
     def teardown(self) -> None:
