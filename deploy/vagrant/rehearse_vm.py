@@ -181,7 +181,7 @@ class VMRehearsal:
         log_path = self.work / f"{name}.log"
         started = time.monotonic()
         marks: dict[str, float] = {}
-        with open(log_path, "w") as out:
+        with open(log_path, "w", buffering=1) as out:  # line by line: the log is the way to follow it
             process = subprocess.Popen(
                 ["vagrant", *args],
                 cwd=self.project,
@@ -239,7 +239,11 @@ class VMRehearsal:
         with self.timings.step("libvirt ready, project copied"):
             self.prepare()
         with self.timings.step("make box (skipped if installed)"):
-            box = subprocess.run([str(ROOT / "deploy/vagrant/build-box")], text=True, capture_output=True, timeout=1800)
+            # For root's Vagrant, which runs the VM here, even under sudo.
+            env = {name: value for name, value in os.environ.items() if name != "SUDO_USER"}
+            box = subprocess.run(
+                [str(ROOT / "deploy/vagrant/build-box")], text=True, capture_output=True, timeout=1800, env=env
+            )
             print(box.stdout, end="", flush=True)
             if box.returncode != 0:
                 raise RehearsalError(f"deploy/vagrant/build-box failed ({box.returncode}):\n{box.stdout}{box.stderr}")
