@@ -61,7 +61,7 @@ CHECKS = (
     e2e.check_https,
 )
 # A TCG guest runs some ten times slower than a KVM one.
-PHASE_TIMEOUT = {"kvm": 20 * 60, "tcg": 60 * 60}
+PHASE_TIMEOUT = {"kvm": 20 * 60, "tcg": 90 * 60}
 
 
 def log(message: str) -> None:
