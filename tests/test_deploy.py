@@ -2,11 +2,11 @@
 
 Static: yamllint and ansible-lint (production profile) clean, the playbook's
 syntax, `nginx -t` on the rendered site, the wiring of a spread-out
-inventory, the vault convention, the wheelhouse's marker logic, and
-`vagrant validate`. Then the rehearsal (deploy/rehearse): a fresh Debian 12
+inventory, the vault convention and the wheelhouse's marker logic
+(the Vagrantfile: tests/test_vagrant.py). Then the rehearsal (deploy/rehearse): a fresh Debian 12
 container, two converges (the second with changed=0), end-to-end checks.
 
-What this machine lacks (root, systemd-nspawn, Ansible, vagrant …) skips a
+What this machine lacks (root, systemd-nspawn, Ansible …) skips a
 test with the reason, except under CI (the CI variable set, as .ci/run
 runs), where everything is installed and a missing tool is a failure.
 """
@@ -438,21 +438,6 @@ def test_wheelhouse_follows_the_targets_python() -> None:
     platforms = [options[i + 1] for i, o in enumerate(options) if o == "--platform"]
     assert platforms[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in platforms
     assert "manylinux_2_37_x86_64" not in platforms
-
-
-def test_vagrantfile_is_valid() -> None:
-    vagrant = shutil.which("vagrant")
-    if vagrant is None:
-        unavailable("vagrant is not installed (apt-get install --no-install-recommends vagrant)")
-    result = subprocess.run(
-        [vagrant, "validate", "--ignore-provider"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"},
-    )
-    assert result.returncode == 0, output(result)
 
 
 # --- the rehearsal ------------------------------------------------------------------------------
