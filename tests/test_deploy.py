@@ -445,7 +445,7 @@ def test_wheelhouse_follows_the_targets_python() -> None:
 
 def test_rehearsal_deploys_a_fresh_vps_idempotently_and_it_serves_wechat() -> None:
     sys.path.insert(0, str(ROOT))
-    from deploy.rehearse.rehearse import missing_requirements
+    from deploy.rehearse.container import missing_requirements
 
     reason = missing_requirements()
     if reason:

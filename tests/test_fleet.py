@@ -24,7 +24,7 @@ FLEET_TIMEOUT = 20 * 60
 
 def test_fleet_rehearsal_converges_grows_survives_a_lost_host_and_upgrades() -> None:
     sys.path.insert(0, str(ROOT))
-    from deploy.rehearse.rehearse import missing_requirements
+    from deploy.rehearse.container import missing_requirements
 
     reason = missing_requirements()
     if reason:

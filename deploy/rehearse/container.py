@@ -21,6 +21,22 @@ MIRROR = os.environ.get("WXRELAY_REHEARSE_MIRROR", "http://deb.debian.org/debian
 # first play installs it.
 PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,sudo,ca-certificates,iproute2"
 BOOT_WITHIN = 120.0
+REQUIRED = ("systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "nsenter", "make", "chroot")
+
+
+def missing_requirements() -> str | None:
+    """Why this machine cannot rehearse, or None."""
+    if os.geteuid() != 0:
+        return "the rehearsal needs root (systemd-nspawn, network namespaces)"
+    missing = [tool for tool in REQUIRED if not shutil.which(tool)]
+    if missing:
+        return (
+            f"missing {', '.join(missing)}: apt-get install systemd-container debootstrap nftables "
+            "iproute2 openssh-client util-linux make"
+        )
+    if not Path("/sys/fs/cgroup").is_dir():
+        return "no cgroup file system for systemd-nspawn"
+    return None
 
 
 def base_tree(rootfs: Path, cache: Path | None) -> None:

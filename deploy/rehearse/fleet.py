@@ -24,17 +24,11 @@ as for `make rehearse` (deploy/rehearse/rehearse.py).
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
-import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,13 +36,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from chaos.wechat import WeChat  # noqa: E402
-from deploy.rehearse import e2e  # noqa: E402
+from deploy.rehearse import e2e, session  # noqa: E402
 from deploy.rehearse.commands import RehearsalError, log, run  # noqa: E402
 from deploy.rehearse.container import Container, base_tree, copy_tree, make_key  # noqa: E402
 from deploy.rehearse.deploys import VAULT_PASSWORD, Operator, snapshot_project  # noqa: E402
 from deploy.rehearse.network import Guest, Network  # noqa: E402
 from deploy.rehearse.recap import changed_by_host, recap_counts  # noqa: E402
-from deploy.rehearse.rehearse import missing_requirements  # noqa: E402
 from deploy.rehearse.timings import Timings  # noqa: E402
 from deploy.rehearse.trickle import WINDOW, Counts, Trickle  # noqa: E402
 from simulator.api import FakeWeChatAPI  # noqa: E402
@@ -431,39 +424,15 @@ def program_pids(host: Container) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rehearse-fleet", description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, trees) afterwards")
-    args = parser.parse_args(argv)
-    reason = missing_requirements()
-    if reason:
-        print(f"rehearse-fleet: cannot run here: {reason}", file=sys.stderr)
-        return 2
-    cache = os.environ.get("WXRELAY_REHEARSE_BASE_CACHE")
-    # SIGTERM (a CI timeout, a test runner) tears down like a failure does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("another fleet rehearsal is running: waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix="wxrelay-fleet-", dir="/var/tmp"))
-        fleet = Fleet(work, args.keep, Path(cache) if cache else None)
-        ok = False
-        try:
-            fleet.rehearse()
-            ok = True
-        except (RehearsalError, e2e.CheckFailed, subprocess.TimeoutExpired) as exc:
-            print(f"\nrehearse-fleet: FAILED: {exc}", file=sys.stderr)
-            fleet.keep = fleet.keep or bool(os.environ.get("WXRELAY_REHEARSE_KEEP_ON_FAILURE"))
-        finally:
-            fleet.teardown()
-        total = time.monotonic() - started
-        print(f"\nfleet rehearsal {'passed' if ok else 'FAILED'} in {total:.0f} s:\n{fleet.timings.report()}")
-        print(fleet.summary(), flush=True)
-        return 0 if ok else 1
+    return session.main(
+        argv,
+        prog="rehearse-fleet",
+        description=__doc__.splitlines()[0],
+        title="fleet rehearsal",
+        lock=LOCK,
+        prefix="wxrelay-fleet-",
+        rehearsal=Fleet,
+    )
 
 
 if __name__ == "__main__":

@@ -26,18 +26,12 @@ WXRELAY_REHEARSE_MIRROR picks the Debian mirror.
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import hashlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from deploy.rehearse import e2e  # noqa: E402
+from deploy.rehearse import e2e, session  # noqa: E402
 from deploy.rehearse.commands import RehearsalError, log  # noqa: E402
 from deploy.rehearse.container import Container, base_tree, make_key  # noqa: E402
 from deploy.rehearse.deploys import VAULT_PASSWORD, Operator, snapshot_project  # noqa: E402
@@ -65,7 +59,6 @@ MACHINE = "wxrelay-rehearsal"
 
 INVENTORY = ROOT / "tests/deploy/inventory"
 VAULT = INVENTORY / "group_vars/all/vault.yml"
-REQUIRED = ("systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "nsenter", "make", "chroot")
 # The AppIDs and the CorpID are public (every message names them); every other
 # vault value is a secret that Ansible's output, diffs included, must never show.
 PUBLIC = {
@@ -85,21 +78,6 @@ ADDED_ACCOUNT = {
 }
 
 
-def missing_requirements() -> str | None:
-    """Why this machine cannot rehearse, or None."""
-    if os.geteuid() != 0:
-        return "the rehearsal needs root (systemd-nspawn, network namespaces)"
-    missing = [tool for tool in REQUIRED if not shutil.which(tool)]
-    if missing:
-        return (
-            f"missing {', '.join(missing)}: apt-get install systemd-container debootstrap nftables "
-            "iproute2 openssh-client util-linux make"
-        )
-    if not Path("/sys/fs/cgroup").is_dir():
-        return "no cgroup file system for systemd-nspawn"
-    return None
-
-
 class Rehearsal:
     def __init__(self, work: Path, keep: bool, base_cache: Path | None) -> None:
         self.work = work
@@ -111,6 +89,7 @@ class Rehearsal:
         self.container = Container(MACHINE, work / "rootfs", NETNS, GUEST_ADDRESS, self.key, work / "nspawn.log")
         self.operator = Operator(work, INVENTORY, self.key, self.snapshot, "wxrelay-rehearse")
         self.timings = Timings()
+        self.recaps: list[tuple[str, dict[str, dict[str, int]]]] = []
 
     def ssh(
         self, command: str, *, check: bool = True, timeout: float = 60, input: str | None = None
@@ -118,7 +97,15 @@ class Rehearsal:
         return self.container.ssh(command, check=check, timeout=timeout, input=input)
 
     def deploy(self, name: str, extra: str = "") -> str:
-        return self.operator.deploy(name, extra)
+        output = self.operator.deploy(name, extra)
+        self.recaps.append((name, recap_counts(output)))
+        return output
+
+    def summary(self) -> str:
+        lines = ["changed per converge:"]
+        for name, recap in self.recaps:
+            lines.append(f"  {name:<18} " + ", ".join(f"{host} changed={c['changed']}" for host, c in recap.items()))
+        return "\n".join(lines)
 
     def doctor(self) -> None:
         """`make doctor INVENTORY=...`: on the host, every link it can check from there holds; what it cannot
@@ -256,38 +243,15 @@ def leaked(output: str, secrets: dict[str, str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rehearse", description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, tree) afterwards")
-    args = parser.parse_args(argv)
-    reason = missing_requirements()
-    if reason:
-        print(f"rehearse: cannot run here: {reason}", file=sys.stderr)
-        return 2
-    cache = os.environ.get("WXRELAY_REHEARSE_BASE_CACHE")
-    # SIGTERM (a CI timeout, a test runner) tears down like a failure does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("another rehearsal is running: waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix="wxrelay-rehearse-", dir="/var/tmp"))
-        rehearsal = Rehearsal(work, args.keep, Path(cache) if cache else None)
-        ok = False
-        try:
-            rehearsal.rehearse()
-            ok = True
-        except (RehearsalError, e2e.CheckFailed, subprocess.TimeoutExpired) as exc:
-            print(f"\nrehearse: FAILED: {exc}", file=sys.stderr)
-            rehearsal.keep = rehearsal.keep or bool(os.environ.get("WXRELAY_REHEARSE_KEEP_ON_FAILURE"))
-        finally:
-            rehearsal.teardown()
-        total = time.monotonic() - started
-        print(f"\nrehearsal {'passed' if ok else 'FAILED'} in {total:.0f} s:\n{rehearsal.timings.report()}")
-        return 0 if ok else 1
+    return session.main(
+        argv,
+        prog="rehearse",
+        description=__doc__.splitlines()[0],
+        title="rehearsal",
+        lock=LOCK,
+        prefix="wxrelay-rehearse-",
+        rehearsal=Rehearsal,
+    )
 
 
 if __name__ == "__main__":
