@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from deploy.rehearse import e2e  # noqa: E402
-from deploy.rehearse.rehearse import RehearsalError, Timings, changed_tasks, leaked, recap_counts  # noqa: E402
+from deploy.rehearse.commands import RehearsalError  # noqa: E402
+from deploy.rehearse.recap import changed_tasks, recap_counts  # noqa: E402
+from deploy.rehearse.rehearse import leaked  # noqa: E402
+from deploy.rehearse.timings import Timings  # noqa: E402
 from deploy.vagrant import accel  # noqa: E402
 
 # The copy's folder name: vagrant-libvirt names the domain <folder>_<machine>.
