@@ -308,7 +308,7 @@ class VMRehearsal:
             left += [f"the volume {name} in pool {pool}" for name in re.findall(rf"^\s*({DOMAIN}\S*)", volumes, re.M)]
         if not self.network_existed and virsh("net-info", NETWORK).returncode == 0:
             left.append(f"the network {NETWORK}")
-        if not self.network_existed and Path(f"/run/libvirt/network/{NETWORK}.pid").exists():
+        if not self.network_existed and dnsmasq_running(Path(f"/run/libvirt/network/{NETWORK}.pid")):
             left.append(f"the dnsmasq of {NETWORK}")
         state = sorted(p.name for p in (self.project / ".vagrant/machines").rglob("*") if p.is_file())
         if state:
@@ -332,6 +332,16 @@ class VMRehearsal:
                     log(f"kept {self.work} (--keep)")
                 else:
                     shutil.rmtree(self.work, ignore_errors=True)
+
+
+def dnsmasq_running(pidfile: Path) -> bool:
+    """Whether the dnsmasq a pid file names still runs: libvirt leaves the file behind (dnsmasq, no
+    longer root, cannot remove it), so the file alone says nothing."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq"
+    except (OSError, ValueError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
