@@ -100,6 +100,7 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         "wxrelay_run_workers": True,
         "wxrelay_relay_address": "127.0.0.1",
         "wxrelay_relays": settings.relays,
+        "wxrelay_standby_relays": settings.standby_relays,
         "wxrelay_relay_port": settings.relay_port,
         "wxrelay_workers": settings.workers,
         "wxrelay_worker_groups": worker_groups(local),

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", choices=("auto", "appliance", "direct"), default="auto",
                         help="start the appliance with `python -m appliance run` (the default when it is there), "
                              "or start its processes directly from the deploy/ templates")  # fmt: skip
-    parser.add_argument("--relays", type=int, help="relay processes (default: the appliance's)")
+    parser.add_argument("--relays", type=int, help="relay processes, standby ones included (default: the appliance's)")
+    parser.add_argument("--standby", type=int, help="of the relays, how many stand by (default: the appliance's)")
     parser.add_argument("--workers", type=int, help="worker processes (default: the appliance's)")
     parser.add_argument("--concurrency", type=int, help="handlers one worker runs at once (default: the appliance's)")
     parser.add_argument("--async-concurrency", type=int, metavar="N",
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = default_workdir()
     bench = Bench(plan, stack, workdir, args.relays, args.workers, args.concurrency, not args.no_baselines,
-                  args.only, args.async_concurrency)  # fmt: skip
+                  args.only, args.async_concurrency, args.standby)  # fmt: skip
     try:
         data = bench.run()
     except KeyboardInterrupt:

@@ -304,7 +304,8 @@ def table(data: dict[str, Any]) -> str:
     lines = [
         f"wxrelay bench ({meta['plan']['name']} run, {meta['duration_s']:.0f} s, {meta['cores']} cores, "
         f"{meta['started']}, stack: {meta['stack']})",
-        f"appliance: nginx → {cfg['relays']} relays → Redis → {cfg['workers']} Celery workers × "
+        f"appliance: nginx → {cfg['relays']} relays ({cfg.get('standby', 0)} standing by) → Redis → "
+        f"{cfg['workers']} Celery workers × "
         f"{cfg['worker_concurrency']} threads"
         + (f", WXRELAY_ASYNC_CONCURRENCY={cfg['async_concurrency']}" if cfg.get("async_concurrency") else "")
         + "; baselines: 1 Tornado process + default prefork worker",

@@ -148,17 +148,17 @@ class Progress:
 class Bench:
     def __init__(self, plan: Plan, stack: str, workdir: Path, relays: int | None, workers: int | None,
                  concurrency: int | None, baselines: bool, scenarios: tuple[str, ...] = SCENARIOS,
-                 async_concurrency: int | None = None) -> None:  # fmt: skip
+                 async_concurrency: int | None = None, standby: int | None = None) -> None:  # fmt: skip
         self.plan = plan
         self.scenarios = tuple(name for name in SCENARIOS if name in scenarios)
         self.async_concurrency = async_concurrency
         self.workdir = workdir
         if stack == "direct":
             self.appliance: ApplianceBase = DirectAppliance(
-                workdir / "appliance", relays=relays or 2, workers=workers or 2, concurrency=concurrency
+                workdir / "appliance", relays=relays, standby=standby, workers=workers or 2, concurrency=concurrency
             )
         else:
-            self.appliance = ApplianceRunner(workdir / "appliance", relays, workers, concurrency)
+            self.appliance = ApplianceRunner(workdir / "appliance", relays, workers, concurrency, standby)
         self.stack = stack
         self.baselines = baselines_for(self.appliance, workdir / "baselines") if baselines else []
         self.systems: list[System] = [self.appliance, *self.baselines]
@@ -386,9 +386,11 @@ class Bench:
 
     def _appliance_config(self) -> dict[str, Any]:
         a = self.appliance
+        standby = getattr(a, "standby", None)
         return {
             # What the appliance runs when the benchmark does not say: its own defaults.
             "relays": getattr(a, "relays", None) or int(SETTINGS["relays"].default),
+            "standby": int(SETTINGS["standby_relays"].default) if standby is None else standby,
             "workers": getattr(a, "workers", None) or int(SETTINGS["workers"].default),
             "worker_concurrency": a.concurrency or int(SETTINGS["worker_concurrency"].default),  # type: ignore[attr-defined]
             "worker_pool": "threads",

@@ -135,16 +135,17 @@ class ApplianceRunner(ApplianceBase):
     configuration rendered from deploy/ into a private state folder, on free ports."""
 
     def __init__(self, workdir: Path, relays: int | None = None, workers: int | None = None,
-                 concurrency: int | None = None) -> None:  # fmt: skip
+                 concurrency: int | None = None, standby: int | None = None) -> None:  # fmt: skip
         self.workdir = workdir
         self.state = workdir / "state"
         self.env_file = workdir / "bench.env"
-        self.relays, self.workers, self.concurrency = relays, workers, concurrency
+        self.relays, self.workers, self.concurrency, self.standby = relays, workers, concurrency, standby
         self.http_port = free_port()
         self.redis_port = free_port()
-        self.relay_port = consecutive_free_ports(relays or 2, taken={self.http_port, self.redis_port})
+        count = relays or int(SETTINGS["relays"].default)
+        self.relay_port = consecutive_free_ports(count, taken={self.http_port, self.redis_port})
         # Worker n serves its /metrics on this + n: two appliances of one machine never share one.
-        taken = {self.http_port, self.redis_port, *range(self.relay_port, self.relay_port + (relays or 2))}
+        taken = {self.http_port, self.redis_port, *range(self.relay_port, self.relay_port + count)}
         self.worker_metrics_port = consecutive_free_ports(workers or int(SETTINGS["workers"].default), taken)
         self.host = f"127.0.0.1:{self.http_port}"
         self.password = "bench" + os.urandom(8).hex()
@@ -164,6 +165,8 @@ class ApplianceRunner(ApplianceBase):
         }
         if self.relays:
             env["WXRELAY_RELAYS"] = str(self.relays)
+        if self.standby is not None:
+            env["WXRELAY_STANDBY_RELAYS"] = str(self.standby)
         if self.workers:
             env["WXRELAY_WORKERS"] = str(self.workers)
         return env
@@ -241,9 +244,12 @@ def consecutive_free_ports(count: int, taken: set[int]) -> int:
 class DirectAppliance(ApplianceBase):
     """The appliance's processes started by the benchmark itself, from deploy/ templates."""
 
-    def __init__(self, workdir: Path, relays: int = 2, workers: int = 2, concurrency: int | None = None) -> None:
+    def __init__(self, workdir: Path, relays: int | None = None, workers: int = 2, concurrency: int | None = None,
+                 standby: int | None = None) -> None:  # fmt: skip
         self.workdir = workdir
-        self.relays, self.workers, self.concurrency = relays, workers, concurrency
+        self.relays = relays or int(SETTINGS["relays"].default)
+        self.standby = standby if standby is not None else int(SETTINGS["standby_relays"].default)
+        self.workers, self.concurrency = workers, concurrency
         self.procs: list[Proc] = []
         self.http_port = free_port()
         self.host = f"127.0.0.1:{self.http_port}"
@@ -299,6 +305,7 @@ class DirectAppliance(ApplianceBase):
             templates.get_template("nginx/wxrelay.conf.j2").render(
                 wxrelay_relay_hosts=["127.0.0.1"],
                 wxrelay_relays=self.relays,
+                wxrelay_standby_relays=self.standby,
                 wxrelay_relay_port=relay_port,
                 wxrelay_http_port=self.http_port,
                 wxrelay_listen_default=False,

@@ -25,14 +25,17 @@ import redis
 
 from appliance.config import ROOT, Layout
 from appliance.supervisor import ProcessInfo, Supervisor
+from common.settings import SETTINGS
 
 T = TypeVar("T")
 
 TOKEN = "wxrelaychaos"
 APPID = "wx0c4a05rehearsal"
 BOT = "chaos/bot.py:bot"
-RELAYS = 2
-WORKERS = 2
+# The layout that ships: the rehearsal sets none of it, so the contract is proven on what users run.
+RELAYS = int(SETTINGS["relays"].default)
+STANDBY = int(SETTINGS["standby_relays"].default)
+WORKERS = int(SETTINGS["workers"].default)
 START_TIMEOUT = 150.0
 STOP_TIMEOUT = 200.0
 PROBE_TIMEOUT = 2.0
@@ -124,7 +127,7 @@ class Secrets:
 
 
 class Appliance:
-    """One private appliance: 2 relays, 2 workers, Redis and nginx under one supervisord."""
+    """One private appliance as it ships (relays, one standing by; workers), Redis and nginx under one supervisord."""
 
     def __init__(
         self,
@@ -163,6 +166,11 @@ class Appliance:
         return [self.relay_port + n for n in range(RELAYS)]
 
     @property
+    def serving_ports(self) -> list[int]:
+        """The relays nginx passes requests to while they are up; the others stand by."""
+        return self.relay_ports[: RELAYS - STANDBY]
+
+    @property
     def worker_metrics_ports(self) -> list[int]:
         return [self.worker_metrics_port + n for n in range(WORKERS)]
 
@@ -186,8 +194,6 @@ class Appliance:
             "WXRELAY_CHAOS_RUNS": str(self.runs_file),
             "WXRELAY_WECHAT_TIMEOUT": str(self.window),
             "WXRELAY_REPLY_BUDGET": str(self.budget),
-            "WXRELAY_RELAYS": str(RELAYS),
-            "WXRELAY_WORKERS": str(WORKERS),
             "WXRELAY_STATE_DIR": str(self.layout.state_dir),
             "WXRELAY_HTTP_PORT": str(self.http_port),
             "WXRELAY_RELAY_PORT": str(self.relay_port),

@@ -33,6 +33,12 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _count(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise ValueError("a whole number of 0 or more")
+    return int(value)
+
+
 def _pool(value: str) -> str:
     if value not in ("threads", "prefork"):
         raise ValueError("must be threads or prefork")
@@ -265,9 +271,18 @@ SETTINGS: dict[str, Setting] = {
     "relay_port": Setting("WXRELAY_RELAY_PORT", "8001", _positive_int, "First relay port (relay n: +n)."),
     "relays": Setting(
         "WXRELAY_RELAYS",
-        "1",
+        "2",
         _positive_int,
-        "Local appliance: relay processes. One answers some 1,000 msg/s on a core; add one per two cores past two.",
+        "Local appliance: relay processes, standby ones included. One answers some 1,000 msg/s on a core; "
+        "add one per two cores past two.",
+    ),
+    "standby_relays": Setting(
+        "WXRELAY_STANDBY_RELAYS",
+        "1",
+        _count,
+        "Of the relays, how many stand by (the last ones): nginx passes them a request only when the others "
+        "cannot take it (a relay killed or restarting). 0: every relay serves, and one relay alone is a "
+        "single point of failure.",
     ),
     "workers": Setting("WXRELAY_WORKERS", "2", _positive_int, "Local appliance: worker processes."),
     "worker_pool": Setting(
@@ -344,6 +359,7 @@ class Settings:
     http_port: int
     relay_port: int
     relays: int
+    standby_relays: int
     workers: int
     worker_pool: str
     worker_concurrency: int
@@ -367,6 +383,11 @@ class Settings:
         """Refuse a configuration the relay cannot serve, with one clear line (the accounts: common.accounts)."""
         if self.reply_budget >= self.wechat_timeout:
             raise InvalidConfigError("WXRELAY_REPLY_BUDGET must be shorter than WXRELAY_WECHAT_TIMEOUT")
+        if self.standby_relays >= self.relays:
+            raise InvalidConfigError(
+                f"WXRELAY_STANDBY_RELAYS={self.standby_relays} leaves none of WXRELAY_RELAYS={self.relays} "
+                "relays serving: stand fewer by (0 for none)"
+            )
         redis_tls.check(self.redis_url, "WXRELAY_REDIS_URL")
         return self
 

@@ -134,11 +134,11 @@ def test_rendered_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
         / "nginx-site.conf"
     )
     text = site.read_text()
-    # Every relay port of the test inventory (3 relays from 8001), keepalive,
-    # retries on connection errors only, TLS, a small body limit.
-    for port in (8001, 8002, 8003):
-        assert f"127.0.0.1:{port}" in text
-    assert "keepalive" in text and "proxy_next_upstream error;" in text
+    # Every relay port of the test inventory (3 relays from 8001, the last standing by), keepalive,
+    # retries on errors only (a held POST too, never on a timeout), TLS, a small body limit.
+    assert "server 127.0.0.1:8001 max_fails=0;" in text and "server 127.0.0.1:8002 max_fails=0;" in text
+    assert "server 127.0.0.1:8003 max_fails=0 backup;" in text
+    assert "keepalive" in text and "proxy_next_upstream error non_idempotent;" in text
     assert "listen 443 ssl" in text and "client_max_body_size 65536;" in text
     wrapper = tmp_path / "nginx.conf"
     wrapper.write_text(
