@@ -45,8 +45,9 @@ def run(timeout: float = START_TIMEOUT) -> int:
     say(f"configuration rendered from deploy/ into {_shown(layout.state_dir)}/")
     settings = local.settings
     say(
-        f"starting supervisord: Redis :{local.redis_port}, {settings.relays} relays "
-        f":{_ports(local.relay_ports)}, {settings.workers} workers, nginx :{settings.http_port}"
+        f"starting supervisord: Redis :{local.redis_port}, {_count(settings.relays, 'relay')} "
+        f":{_ports(local.relay_ports)} ({settings.standby_relays} standing by), {settings.workers} workers, "
+        f"nginx :{settings.http_port}"
     )
     started = time.monotonic()
     supervisor.launch(tools.supervisord)
@@ -195,8 +196,8 @@ def _owner_info(local: Local, env_file: Path) -> None:
     settings = local.settings
     print(
         f"""
-wxrelay is ready: nginx :{settings.http_port} → {_count(settings.relays, "relay")} → Redis :{local.redis_port} → \
-{_count(settings.workers, "worker")}""",
+wxrelay is ready: nginx :{settings.http_port} → {_count(settings.relays, "relay")} \
+({settings.standby_relays} standing by) → Redis :{local.redis_port} → {_count(settings.workers, "worker")}""",
         flush=True,
     )
     for account in local.accounts().values():

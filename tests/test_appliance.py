@@ -141,7 +141,7 @@ def test_the_readme_quickstart_runs_the_whole_appliance(appliance: Appliance) ->
                 say = f"make say TEXT=hello MODE={mode}"
                 check_say(appliance, say, appliance.ok(say))
             started = appliance.processes()
-            assert len(started) >= 7, started  # supervisord, Redis, nginx (+ worker), the relay, 2 workers
+            assert len(started) >= 8, started  # supervisord, Redis, nginx (+ worker), 2 relays, 2 workers
         output = appliance.ok(command)
         if command == "make run":
             check_run(appliance, output)
@@ -206,7 +206,7 @@ def test_an_account_added_by_make_reload_is_answered_and_listed(appliance: Appli
     relays = {name: pid for name, pid in appliance.program_pids().items() if name.startswith("wxrelay-relay:")}
 
     output = appliance.ok("make reload")
-    assert "1 relay re-read the accounts: default, blog, staff" in output, output
+    assert "2 relays re-read the accounts: default, blog, staff" in output, output
     assert f"http://127.0.0.1:{appliance.http_port}/wechat/blog" in output and "blogToken1" in output
     # The relays were not restarted: whatever they held open is still theirs to answer.
     assert {name: appliance.program_pids()[name] for name in relays} == relays
