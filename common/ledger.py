@@ -11,7 +11,7 @@ message are serialised by Redis itself:
 
 `taken` means a relay wrote the reply to WeChat; `late` means the reply is
 owed by the late path: the customer-service API, or, for an account with the
-`pickup` path (or refused the API with 48001), `kept` in the user's pickup
+`pickup` path (or refused the API for want of permission), `kept` in the user's pickup
 list for the passive reply to their next message; and only the one task that moves it
 to `sending` may send it. No state leads from `taken` to `late` or back, so
 a reply can never take both paths, and no state leads out of `sending` but
@@ -371,7 +371,7 @@ return {found[1] or 'missing', ''}
 
 # KEYS: record, due, the user's pickup list. ARGV: pickup ttl, settled ttl, dedupe key.
 # The late path of the `pickup` accounts, and of a send the API refused for
-# want of permission (48001, from `sending`): the reply is kept for the
+# want of permission (48001, 76022; from `sending`): the reply is kept for the
 # user's next message instead, once — only a reply still owed is kept.
 KEEP = """
 local state = redis.call('HGET', KEYS[1], 'state')
