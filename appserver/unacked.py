@@ -163,7 +163,13 @@ def _reject_after_writes(qos: Any, delivery_tag: str, requeue: bool = False) -> 
     found = qos.channel.__dict__.get("_wxrelay_writer")
     if found is not None:
         found.flush()
-    _reject(qos, delivery_tag, requeue)
+    if not requeue:
+        _reject(qos, delivery_tag)
+        return
+    # kombu gives a rejected message back on the left, behind every message queued since; on the right, as
+    # its restore does, it runs next, and the ledger's sweep finds it among the oldest (common/ledger.py).
+    qos.restore_by_tag(delivery_tag)
+    kombu_virtual.QoS.ack(qos, delivery_tag)
 
 
 def _close_after_writes(channel: Any) -> None:
