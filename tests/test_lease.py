@@ -3,12 +3,17 @@ loses them within a lease when it dies."""
 
 from __future__ import annotations
 
-import pytest
+import threading
+import time
 
+import pytest
+import redis
+
+from appserver.app import UNACKED_INDEX
 from simulator import WeChatSimulator
 from simulator.messages import new_msg_id
 from tests.conftest import AES_KEY, APPID, TOKEN, WECHAT_TIMEOUT, runs
-from tests.services import RelayProcess, Worker
+from tests.services import RelayProcess, Worker, wait_until
 
 LEASE = 3
 
@@ -42,6 +47,51 @@ def test_a_handler_longer_than_the_lease_runs_once(log_dir, stack_env, redis_ser
             {"touser": user, "msgtype": "text", "text": {"content": f"{reply} {verb} {seconds}"}}
         ]
     finally:
+        relay.stop()
+        for worker in workers:
+            worker.stop()
+
+
+def test_redis_full_for_longer_than_a_lease_runs_the_handler_once(log_dir, stack_env, redis_server, wechat_api):
+    # Redis refuses every write while full: unless the lease is renewed all the same, kombu gives the
+    # message to the other worker once Redis has room again, while its first run still sleeps.
+    env = {**stack_env, "WXRELAY_QUEUE": "lease-full", "WXRELAY_LEASE": str(LEASE)}
+    workers = [Worker(log_dir, env, f"full{n}", redis_server) for n in range(2)]
+    relay = RelayProcess(log_dir, env)
+    client = redis_server.client()
+    limit = client.config_get("maxmemory")["maxmemory"]
+    try:
+        sim = WeChatSimulator(relay.callback, TOKEN, APPID, AES_KEY, mode="plain", deadline=WECHAT_TIMEOUT)
+        msg_id = new_msg_id()
+        user = f"o_full_{msg_id}"
+        seconds = 5 * LEASE
+        params, body = sim.build_request(
+            {"MsgType": "text", "Content": f"slow {seconds}", "MsgId": msg_id, "FromUserName": user}
+        )
+        results = []
+        sender = threading.Thread(target=lambda: results.append(sim.deliver(params, body)))
+        sender.start()
+        wait_until(lambda: runs(redis_server, f"msg:{msg_id}") == 1, 10, "the handler to start")
+        tag = client.hget(f"wxrelay:msg:msg:{msg_id}", "tag")
+        wait_until(lambda: client.zscore(UNACKED_INDEX, tag) is not None, 5, "kombu to record the message held")
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+        full = time.monotonic()
+        try:
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                client.set("test:full", 1)
+            # Full for longer than a lease and kombu's look at it: unrenewed, the message is overdue.
+            time.sleep(3 * LEASE)  # the fault's length, not a wait for a condition
+        finally:
+            client.config_set("maxmemory", limit)
+        print(f"Redis full for {time.monotonic() - full:.1f} s")
+        sender.join()
+        wechat_api.wait_for(lambda api: any(m["touser"] == user for m in api.messages), timeout=seconds + 20)
+        assert runs(redis_server, f"msg:{msg_id}") == 1
+        assert [m["text"]["content"] for m in wechat_api.messages if m["touser"] == user] == [
+            f"slow reply to slow {seconds}"
+        ]
+    finally:
+        client.config_set("maxmemory", limit)
         relay.stop()
         for worker in workers:
             worker.stop()
