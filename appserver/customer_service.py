@@ -18,11 +18,9 @@ from common.ledger import stats_key
 log = logging.getLogger("wxrelay.customer_service")
 
 # WeChat's "system busy, try again"; every other errcode is a refusal that
-# no retry will change (45015 out of the 48-hour window, 48001 no
+# no retry will change (45015 out of the 48-hour window, 48001 and 76022 no
 # permission, 45047 quota...).
 BUSY = -1
-# The account has no customer-service API (unverified subscription accounts): its replies go by pickup.
-NO_PERMISSION = 48001
 
 
 @dataclass(frozen=True)

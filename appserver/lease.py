@@ -13,17 +13,33 @@ its messages however long they take, a dead one loses them within a lease.
 The renewal rewrites the time kombu recorded for the message in its
 unacked index (ZADD XX: only messages still unacknowledged), the one thing
 kombu's restore looks at.
+
+It must land while Redis is full, too. A full Redis refuses every write, a
+renewal's as well as kombu's restore (which ends in a write): a message
+whose lease lapsed meanwhile would be given to a second worker the moment
+Redis had room again, while its handler still runs here. The renewal only
+rewrites scores already there, adding nothing, so it goes through a script
+Redis lets write while full (`allow-oom`, Redis 7.0); with an older Redis it
+is a plain ZADD, refused while full as before.
 """
 
 from __future__ import annotations
 
 import time
+from functools import cache
 
 from celery.worker import state
+from redis.commands.core import Script
 
 from appserver import background
 from appserver.app import UNACKED_INDEX, settings
 from appserver.connection import client
+
+# KEYS: kombu's unacked index. ARGV: the time, then the tags of the messages this worker holds.
+RENEW = """#!lua flags=allow-oom
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i]) end
+return #ARGV - 1
+"""
 
 
 def held_tags() -> list[str]:
@@ -39,11 +55,22 @@ def held_tags() -> list[str]:
     return list({tag for request in requests if (tag := request.message.delivery_tag)})
 
 
+@cache
+def _renew_when_full() -> Script | None:
+    """The script, if this Redis knows scripts that may write while it is full (asked once)."""
+    major = str(client().info("server").get("redis_version", "0")).partition(".")[0]
+    return client().register_script(RENEW) if major.isdigit() and int(major) >= 7 else None
+
+
 def renew(_: str = "") -> int:
     tags = held_tags()
     if tags:
         now = time.time()
-        client().zadd(UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+        script = _renew_when_full()
+        if script is None:
+            client().zadd(UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+        else:
+            script(keys=[UNACKED_INDEX], args=[now, *tags])
     return len(tags)
 
 

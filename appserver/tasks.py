@@ -17,13 +17,14 @@ from appserver.access_token import TokenError
 from appserver.app import app, serving, settings
 from appserver.bot import Bot
 from appserver.connection import client, through_outages
-from appserver.customer_service import NO_PERMISSION, CustomerService, SendResult
+from appserver.customer_service import CustomerService, SendResult
 from appserver.handling import Answer, Awaiting, begin, start
 from appserver.loader import load_bot
 from common import ledger, problems
 from common.accounts import Account
 from common.log_format import about
 from relay.celery_message import QUEUED_AT
+from wechat.errcodes import no_permission
 
 log = logging.getLogger("wxrelay.tasks")
 
@@ -213,15 +214,16 @@ def deliver_late(self: Task, dedupe_key: str) -> None:
         args = ["retry", result.errcode, RETRY_DELAYS[retries], SETTLED_TTL, dedupe_key]
         through_outages(lambda: _script(ledger.END_SEND)(keys=keys, args=args), f"recording the send to {dedupe_key}")
         _retry_later(self, service, account, dedupe_key, f"{result.errcode} {result.detail}", result.errcode)
-    if result.outcome == "refused" and result.errcode == NO_PERMISSION:
+    if result.outcome == "refused" and no_permission(result.errcode):
         log.warning(
-            "late reply to %s: the account has no customer-service API (48001); kept for the user's next message",
+            "late reply to %s: the account has no customer-service API (%d); kept for the user's next message",
             dedupe_key,
+            result.errcode,
             extra=about(dedupe_key, "no_permission"),
         )
         service.count("late_no_permission")
         failures.note(account.name, problems.LATE, str(result.errcode), "kept for the user's next message instead")
-        _keep(dedupe_key, account, json.loads(payload)["touser"], NO_PERMISSION)
+        _keep(dedupe_key, account, json.loads(payload)["touser"], result.errcode)
         return
     state = {"sent": ledger.SENT, "refused": ledger.REFUSED}.get(result.outcome, ledger.FAILED)
     args = [state, result.errcode, 0, SETTLED_TTL, dedupe_key]

@@ -13,7 +13,8 @@ in one pipeline without MULTI/EXEC, once per turn of the loop (the hub's
 on_tick, just before it polls): at load, the records of the messages one turn
 took and the removals of those that finished since go out in one round trip.
 In order on one connection, a message's record is written before its removal;
-a reply error among them (Redis full) is logged, as kombu's own would be.
+a reply error among them is logged, as kombu's own would be, and a record a
+full Redis refused is written again through a script it lets write then.
 
 What a write that never lands costs was already the cost of a failed one: a
 message taken but not recorded (the worker dies within the millisecond) is
@@ -53,6 +54,19 @@ log = logging.getLogger("wxrelay.appserver")
 _kombu_loads = kombu_redis.loads
 # The message the event loop's thread parsed last, and its text.
 _last_parsed: tuple[Any, str] = (None, "")
+
+_FULL = kombu_redis.redis.exceptions.OutOfMemoryError
+# KEYS: kombu's unacked index, its records. ARGV: per message, the time, its tag and its record.
+# A message taken while Redis is full runs all the same; unrecorded, the ledger's sweep would find it
+# neither queued nor held and queue it again while it runs. Its record is the message moved out of the
+# queue, not memory added: Redis lets this script write it while full.
+RECORD_WHILE_FULL = """#!lua flags=allow-oom
+for i = 1, #ARGV, 3 do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+end
+return #ARGV / 3
+"""
 
 _append = kombu_redis.QoS.append
 _ack = kombu_redis.QoS.ack
@@ -103,20 +117,36 @@ class Writer:
                 for command in commands:
                     pipe.execute_command(*command)
                 replies = pipe.execute(raise_on_error=False)
+                full = [c for c, reply in zip(commands, replies, strict=True) if isinstance(reply, _FULL)]
+                if full:
+                    _record_while_full(client, commands, full)
         except kombu_redis.redis.RedisError as exc:
             # As when kombu's own write fails: the messages recorded come back after a lease (their
             # ledger records answered), those not recorded are the sweep's.
             log.warning("kombu's records of %d held messages could not be written: %s", len(commands), exc)
             return
         for reply in replies:
-            if isinstance(reply, kombu_redis.redis.exceptions.OutOfMemoryError):
-                log.warning("Redis is full, a message runs unrecorded by kombu: %s", reply)
-            elif isinstance(reply, Exception):
+            if isinstance(reply, Exception) and not isinstance(reply, _FULL):
                 log.warning("kombu's record of a held message was refused: %s", reply)
 
     def close(self) -> None:
         self.hub.on_tick.discard(self.flush)
         self.flush()
+
+
+def _record_while_full(client: Any, commands: list[tuple[Any, ...]], refused: list[tuple[Any, ...]]) -> None:
+    """Write again, through RECORD_WHILE_FULL, the records a full Redis refused of messages still held."""
+    let_go = {command[2] for command in commands if command[0] == "ZREM"}
+    records = [command for command in refused if command[0] == "HSET" and command[2] not in let_go]
+    if not records:
+        return
+    index = next(command[1] for command in commands if command[0] == "ZADD")
+    now = time.time()
+    args = [value for _, _, tag, record in records for value in (now, tag, record)]
+    try:
+        client.register_script(RECORD_WHILE_FULL)(keys=[index, records[0][1]], args=args)
+    except kombu_redis.redis.RedisError as exc:  # a Redis older than 7.0 knows no allow-oom
+        log.warning("Redis is full, %d messages run unrecorded by kombu: %s", len(records), exc)
 
 
 def writer(channel: Any) -> Writer | None:
@@ -163,7 +193,13 @@ def _reject_after_writes(qos: Any, delivery_tag: str, requeue: bool = False) -> 
     found = qos.channel.__dict__.get("_wxrelay_writer")
     if found is not None:
         found.flush()
-    _reject(qos, delivery_tag, requeue)
+    if not requeue:
+        _reject(qos, delivery_tag)
+        return
+    # kombu gives a rejected message back on the left, behind every message queued since; on the right, as
+    # its restore does, it runs next, and the ledger's sweep finds it among the oldest (common/ledger.py).
+    qos.restore_by_tag(delivery_tag)
+    kombu_virtual.QoS.ack(qos, delivery_tag)
 
 
 def _close_after_writes(channel: Any) -> None:

@@ -19,10 +19,12 @@ import httpx
 from chaos.appliance import APPID, QUEUE, REDIS, WORKERS, wait_until
 from chaos.rehearsal import RECOVERY_LIMIT, STARTED_TIMEOUT, Rehearsal, Result, finish, strike
 from chaos.wechat import MODES, Message, wait_finished
+from common import ledger
 from common.settings import SETTINGS
 
 OUTAGE_EVERY = 2.0
 CONCURRENCY = int(SETTINGS["worker_concurrency"].default)
+LEASE = int(SETTINGS["lease"].default)
 
 
 def _errors(messages: list[Message], since: float = 0.0, until: float = float("inf")) -> list[str]:
@@ -253,7 +255,8 @@ def redis_down(r: Rehearsal) -> Result:
 
 
 def redis_full(r: Rehearsal) -> Result:
-    """maxmemory set below what Redis uses: relays spool, /healthz says why, metrics count it; never a 503."""
+    """maxmemory set below what Redis uses, for longer than a lease: relays spool, /healthz says why, metrics
+    count it; never a 503, and a handler running meanwhile is given to no second worker."""
     ports = r.appliance.relay_ports
 
     def full_errors() -> float:
@@ -261,6 +264,9 @@ def redis_full(r: Rehearsal) -> Result:
 
     counted = full_errors()
     in_flight = r.wechat.send_mix([r.slow(1.5 * r.window)])
+    # Outlasting Redis full for a lease and kombu's look at it: its worker cannot write, but must keep it.
+    full_for = LEASE + ledger.RESTORE_MARGIN
+    in_flight.append(r.wechat.send(r.slow(full_for + 2), "safe"))
     r.wait_started(in_flight)
     problems: list[str] = []
     notes: list[str] = []
@@ -287,8 +293,10 @@ def redis_full(r: Rehearsal) -> Result:
         wait_finished(arriving, 4 * r.window)
         spooled = sum(r.appliance.metric(p, "wxrelay_spool_depth") for p in ports)
         notes.append(f"{full_errors() - counted:.0f} full errors counted, {spooled:.0f} messages spooled")
+        time.sleep(max(0.0, filled_at + full_for - time.monotonic()))  # the fault's length, not a wait
     finally:
         r.appliance.set_maxmemory(limit)
+    notes.append(f"Redis full for {time.monotonic() - filled_at:.0f} s (the lease: {LEASE} s)")
     restored_at = time.monotonic()
     problems += _errors(in_flight + arriving, since=filled_at, until=restored_at)
     messages = strike(in_flight + arriving, restored_at)

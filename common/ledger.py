@@ -11,7 +11,7 @@ message are serialised by Redis itself:
 
 `taken` means a relay wrote the reply to WeChat; `late` means the reply is
 owed by the late path: the customer-service API, or, for an account with the
-`pickup` path (or refused the API with 48001), `kept` in the user's pickup
+`pickup` path (or refused the API for want of permission), `kept` in the user's pickup
 list for the passive reply to their next message; and only the one task that moves it
 to `sending` may send it. No state leads from `taken` to `late` or back, so
 a reply can never take both paths, and no state leads out of `sending` but
@@ -63,9 +63,10 @@ RESTORE_MARGIN = 5
 # recording it as unacknowledged loses it (kombu writes the two apart), and
 # then only the ledger, which kept the task, can queue it again.
 RECHECK = 20
-# A queue longer than this is not searched for a task: it is taken for queued
-# (a backlog that long is waiting, not lost).
+# How many of a queue's oldest tasks the sweep may read to find one (see SWEEP_DUE).
 QUEUE_SCAN = 1000
+# The header in which a relay (or a worker queueing a late send) writes when it queued a task (Unix time, s).
+QUEUED_AT = "wxrelay_queued_at"
 # How long a task found neither queued nor held stays suspect before it is queued again.
 SUSPECT = 3
 
@@ -135,7 +136,7 @@ def _with_constants(source: str) -> str:
     """A script with this module's constants written in where it says $NAME."""
     constants = {
         "LATE_LEASE": LATE_LEASE, "RECHECK": RECHECK, "SUSPECT": SUSPECT, "QUEUE_SCAN": QUEUE_SCAN,
-        "SIGNATURE_REUSED": SIGNATURE_REUSED,
+        "SIGNATURE_REUSED": SIGNATURE_REUSED, "QUEUED_AT": QUEUED_AT,
     }  # fmt: skip
     for name, value in constants.items():
         source = source.replace("$" + name, str(value))
@@ -296,28 +297,51 @@ return {state or 'missing', ''}
 # without a reply is abandoned (its reply will go late when it completes) and
 # looked at again every RECHECK seconds. If its task is neither held by a
 # worker (unacknowledged, by its delivery tag) nor queued on its account's
-# queue (its tag in one of the oldest QUEUE_SCAN tasks: kombu rewrites a task
-# it gives back, so only the tag still matches), it is suspect; still so
-# SUSPECT seconds later (a live worker records a task it took within
-# milliseconds), it was lost with a dying worker and is queued again. Returns
-# the keys whose late send the caller must queue. (Records are addressed by
-# prefix, not passed as KEYS: the set's members are only known in here.)
+# queue, it is suspect; still so SUSPECT seconds later (a live worker records
+# a task it took within milliseconds), it was lost with a dying worker and is
+# queued again, at the front of the line. Returns the keys whose late send
+# the caller must queue. (Records are addressed by prefix, not passed as KEYS:
+# the set's members are only known in here.)
+#
+# Whether a task is queued costs no read of a long queue. Tasks are pushed on
+# the left and taken from the right, and whatever goes back (kombu's restore,
+# a reject, this sweep) goes back on the right: so every task beyond the
+# oldest QUEUE_SCAN was queued after them (unless more than QUEUE_SCAN went
+# back at once). A task queued before the first of
+# those (by the time written in it) is among the oldest QUEUE_SCAN if it is
+# anywhere: found there by its exact text (LPOS), or, rewritten by kombu when
+# it gave it back, by its tag. One queued after may be beyond: taken for
+# queued. A task lost is one its worker took from the right end, when every
+# task left was queued after it: found at the first look, however long the
+# queue. Clocks that disagree (relays on several hosts) can only delay that.
 SWEEP_DUE = _with_constants(
     _NOW
     + """
 local owed = {}
-local scannable, oldest = {}, {}
-local function queued(queue, tag)
-  if oldest[queue] == nil then oldest[queue] = redis.call('LRANGE', queue, 0, -1) end
-  for _, task in ipairs(oldest[queue]) do
-    if string.find(task, tag, 1, true) then return true end
+local after, oldest = {}, {}
+local function queued_at(task)
+  return tonumber(string.match(task, '"$QUEUED_AT": ([%d.]+)'))
+end
+-- When the first task beyond the queue's oldest QUEUE_SCAN was queued: 0 if there is none, -1 if it does not say.
+local function beyond(queue)
+  if after[queue] == nil then
+    local task = redis.call('LINDEX', queue, -$QUEUE_SCAN - 1)
+    after[queue] = task and (queued_at(task) or -1) or 0
+  end
+  return after[queue]
+end
+local function queued(queue, task, tag)
+  local first = beyond(queue)
+  if first ~= 0 then
+    local mine = queued_at(task)
+    if first == -1 or not mine or mine >= first then return true end
+  end
+  if redis.call('LPOS', queue, task, 'RANK', -1, 'MAXLEN', $QUEUE_SCAN) then return true end
+  if oldest[queue] == nil then oldest[queue] = redis.call('LRANGE', queue, -$QUEUE_SCAN, -1) end
+  for _, other in ipairs(oldest[queue]) do
+    if string.find(other, tag, 1, true) then return true end
   end
   return false
-end
--- Past that length a task not among the oldest may still be queued: never taken for lost.
-local function may_scan(queue)
-  if scannable[queue] == nil then scannable[queue] = redis.call('LLEN', queue) <= $QUEUE_SCAN end
-  return scannable[queue]
 end
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
   local record = ARGV[1] .. key
@@ -335,10 +359,10 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
   elseif state == 'pending' or state == 'abandoned' then
     redis.call('HSET', record, 'state', 'abandoned')
     local again = now + $RECHECK
-    if found[3] and may_scan(queue) and redis.call('HEXISTS', ARGV[5], found[4]) == 0
-        and not queued(queue, found[4]) then
+    if found[3] and redis.call('HEXISTS', ARGV[5], found[4]) == 0 and not queued(queue, found[3], found[4]) then
       if found[5] then
-        redis.call('LPUSH', queue, found[3])
+        redis.call('RPUSH', queue, found[3])
+        after[queue], oldest[queue] = nil, nil
         redis.call('HDEL', record, 'suspect')
       else
         redis.call('HSET', record, 'suspect', 1)
@@ -371,7 +395,7 @@ return {found[1] or 'missing', ''}
 
 # KEYS: record, due, the user's pickup list. ARGV: pickup ttl, settled ttl, dedupe key.
 # The late path of the `pickup` accounts, and of a send the API refused for
-# want of permission (48001, from `sending`): the reply is kept for the
+# want of permission (48001, 76022; from `sending`): the reply is kept for the
 # user's next message instead, once — only a reply still owed is kept.
 KEEP = """
 local state = redis.call('HGET', KEYS[1], 'state')

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+from common import ledger
+
 ORIGIN = f"relay@{socket.gethostname()}"
 # Task ids and delivery tags need only be unique: a random prefix of this process's and a count.
 # Two uuid4s a message (two system calls, two UUID objects) were 3% of the relay's CPU.
@@ -34,8 +36,9 @@ def new_id() -> str:
 # them is written once (a json.dumps of the whole was a twentieth of the relay's CPU a message).
 _ID, _TAG, _BODY, _QUEUED = "<<task-id>>", "<<delivery-tag>>", "<<body>>", "<<queued-at>>"
 # When the message was queued (Unix time, s): what the workers' wxrelay_queue_oldest_seconds reads of
-# the oldest message waiting (appserver/queue_metrics.py). Celery ignores headers it does not know.
-QUEUED_AT = "wxrelay_queued_at"
+# the oldest message waiting (appserver/queue_metrics.py), and the sweep of a long queue (common/ledger.py).
+# Celery ignores headers it does not know.
+QUEUED_AT = ledger.QUEUED_AT
 _QUEUED_JSON = json.dumps(_QUEUED)
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 

@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from wechat.errcodes import NO_PERMISSION
+
 ERRMSG = {
     -1: "system error",
     0: "ok",
@@ -116,9 +118,10 @@ class FakeWeChatAPI:
         self._media: dict[str, tuple[str, bytes]] = {}
         self._menus: dict[str, dict[str, Any]] = {}
         # What an operator meets: every token request refused with an errcode (40164, 40125…), owners
-        # without the customer-service API (48001), and a clock this far off the caller's (the Date header).
+        # without the customer-service API (owner → 48001 or 76022), and a clock this far off the caller's
+        # (the Date header).
         self._token_refusal = 0
-        self._no_customer_service: set[str] = set()
+        self._no_customer_service: dict[str, int] = {}
         self.clock_offset = 0.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -304,14 +307,17 @@ class FakeWeChatAPI:
         with self._changed:
             self._token_refusal = errcode
 
-    def deny_customer_service(self, owner: str | None = None) -> None:
-        """The account has no customer-service API: its sends and its quota query answer 48001."""
+    def deny_customer_service(self, owner: str | None = None, errcode: int = 48001) -> None:
+        """The account has no customer-service API: its sends and its quota query answer `errcode`, one of
+        WeChat's "no permission" (48001, or 76022)."""
+        if errcode not in NO_PERMISSION:
+            raise ValueError(f"{errcode} is not an errcode WeChat refuses the customer-service API with")
         with self._changed:
-            self._no_customer_service.add(owner or self.appid)
+            self._no_customer_service[owner or self.appid] = errcode
 
     def allow_customer_service(self, owner: str | None = None) -> None:
         with self._changed:
-            self._no_customer_service.discard(owner or self.appid)
+            self._no_customer_service.pop(owner or self.appid, None)
 
     def expire_tokens(self) -> None:
         """Expire every issued token: the next send with one gets 42001."""
@@ -421,14 +427,14 @@ class FakeWeChatAPI:
         return _error(errcode)
 
     def quota(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
-        """openapi/quota/get: an API's daily quota, or 48001 when the account may not call it."""
+        """openapi/quota/get: an API's daily quota, or "no permission" when the account may not call it."""
         with self._changed:
             errcode, owner = self._owner_of("openapi/quota/get", query)
             if errcode:
                 return _error(errcode)
             path = (_json_object(body) or {}).get("cgi_path")
             if path == "/cgi-bin/message/custom/send" and owner in self._no_customer_service:
-                return _error(48001)
+                return _error(self._no_customer_service[owner])
             return {"errcode": 0, "errmsg": "ok", "quota": {"daily_limit": 500000, "used": 0, "remain": 500000}}
 
     def callback_ips(self, query: dict[str, str]) -> dict[str, Any]:
@@ -577,7 +583,7 @@ class FakeWeChatAPI:
             if not isinstance(payload, dict) or str(payload.get("agentid")) != owner.partition(":")[2]:
                 return 40056, None
         if owner in self._no_customer_service:
-            return 48001, None
+            return self._no_customer_service[owner], None
         if self._failures:
             return self._failures.popleft(), None
         return 0, payload

@@ -5,6 +5,7 @@ suite's workers, on the same Redis, sweep only the appliance's own."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -237,6 +238,89 @@ def test_a_suspect_found_held_on_the_second_look_is_not_queued_again(book):
     book.make_due()
     book.sweep()
     assert book.client.llen(book.queue) == 0 and book.client.hget(book.record, "suspect") is None
+
+
+def task_text(tag: str, queued_at: float) -> str:
+    """A task as a relay queues it, as far as the sweep reads it: its tag, and when it was queued."""
+    return json.dumps({"headers": {ledger.QUEUED_AT: queued_at}, "properties": {"delivery_tag": tag}})
+
+
+def queue_behind(book: Ledger, count: int, since: float) -> None:
+    """`count` tasks of others, queued after `since` (pushed on the left, as kombu and the relays push)."""
+    texts = [task_text(f"other-{book.key}-{n}", since + 1 + n / 1000) for n in range(count)]
+    for start in range(0, count, 1000):
+        book.client.lpush(book.queue, *texts[start : start + 1000])
+
+
+BACKLOG = ledger.QUEUE_SCAN + 500
+
+
+def test_a_task_taken_from_the_end_of_a_long_queue_and_lost_is_found_at_the_first_look(book):
+    queued_at = time.time()
+    book.task = task_text(book.tag, queued_at)
+    book.claim()
+    queue_behind(book, BACKLOG, queued_at)
+    book.make_due()
+    book.sweep()
+    assert book.client.hget(book.record, "suspect") is None  # the oldest, still queued
+    # Taken from the right end by a worker that died before recording it: every task left was queued after it.
+    assert book.client.rpop(book.queue) == book.task.encode()
+    book.make_due()
+    book.sweep()
+    assert book.client.hget(book.record, "suspect") == b"1"
+    book.make_due()
+    book.sweep()
+    # Queued again at the front of the line: the next task a worker takes.
+    assert book.client.lindex(book.queue, -1) == book.task.encode()
+    assert book.client.llen(book.queue) == BACKLOG + 1
+
+
+def test_a_task_behind_a_long_queue_or_given_back_to_its_oldest_end_is_left_alone(book):
+    queued_at = time.time()
+    queue_behind(book, BACKLOG, queued_at - 10)
+    book.task = task_text(book.tag, queued_at)
+    book.claim()  # behind the backlog: beyond the oldest QUEUE_SCAN, never read
+    book.make_due()
+    book.sweep()
+    book.make_due()
+    book.sweep()
+    assert book.client.hget(book.record, "suspect") is None and book.client.llen(book.queue) == BACKLOG + 1
+    # Given back by kombu, rewritten, on the right end, with a backlog queued since: found by its tag.
+    assert book.client.lpop(book.queue) == book.task.encode()
+    book.client.rpush(book.queue, f"redelivered {book.task}")
+    queue_behind(book, BACKLOG, queued_at)
+    book.make_due()
+    book.sweep()
+    assert book.client.hget(book.record, "suspect") is None and book.client.llen(book.queue) == 2 * BACKLOG + 1
+
+
+def test_a_sweep_behind_a_backlog_of_ten_thousand_reads_no_long_queue(book):
+    backlog, started = 10_000, time.time()
+    claim = book.client.register_script(ledger.CLAIM)
+    with book.client.pipeline(transaction=False) as pipe:
+        for n in range(backlog):
+            key = f"{book.key}/{n}"
+            text = task_text(f"tag-{key}", started + n / 1000)
+            args = [TTL, text, 0, 0, key, f"tag-{key}"]
+            claim(keys=[ledger.record_key(key), book.queue, book.due_key], args=args, client=pipe)
+        pipe.execute()
+
+    def calls(command: str) -> int:
+        return int(book.client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    before = {command: calls(command) for command in ("lrange", "lpos", "lindex")}
+    began = time.perf_counter()
+    swept = 0
+    while swept < backlog:
+        book.run(ledger.SWEEP_DUE, [book.due_key], [ledger.RECORD_PREFIX, 100, SETTLED, book.queue, book.unacked])
+        swept = book.client.zcount(book.due_key, time.time() + 1, "+inf")
+    took = time.perf_counter() - began
+    made = {command: calls(command) - before[command] for command in before}
+    print(f"swept {backlog} due messages behind a backlog of {backlog} in {took * 1000:.0f} ms: {made}")
+    # Each looked at once and left queued; only the oldest QUEUE_SCAN were looked for, each within them.
+    assert book.client.llen(book.queue) == backlog
+    assert not any(book.client.hget(ledger.record_key(f"{book.key}/{n}"), "suspect") for n in (0, 5000, 9999))
+    assert made["lrange"] == 0 and made["lpos"] == ledger.QUEUE_SCAN and made["lindex"] <= backlog // 100
 
 
 def test_the_notice_goes_to_the_relay_of_the_latest_delivery_or_else_to_every_relay(book):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from appserver.handling import Answer
 from appserver.pickup import TEXT_BYTES, carry, entry
 from simulator import WeChatSimulator
@@ -53,22 +55,29 @@ def test_an_account_without_late_replies_promises_no_pickup(stack):
     assert (answer.delivery, answer.reply) == (3, None)  # `success`: its reply is dropped, not kept
 
 
-def test_an_account_refused_the_api_keeps_the_reply_for_pickup(stack, wechat_api, redis_server):
-    wechat_api.add_official(SHOP["appid"], "shop-secret-1")
-    relay = stack.start(account("shop", "shop", {**SHOP, "secret": "shop-secret-1"}))
-    shop = WeChatSimulator(f"{relay.callback}/shop", SHOP["token"], SHOP["appid"], deadline=WECHAT_TIMEOUT)
+@pytest.mark.parametrize("errcode", [48001, 76022])
+def test_an_account_refused_the_api_keeps_the_reply_for_pickup(stack, wechat_api, redis_server, errcode):
+    # An unverified account: WeChat refuses it the customer-service API ("no permission", in either errcode).
+    appid = f"wx_refused_{errcode}"
+    wechat_api.add_official(appid, "shop-secret-1")
+    relay = stack.start(account("shop", "shop", {**SHOP, "appid": appid, "secret": "shop-secret-1"}))
+    shop = WeChatSimulator(f"{relay.callback}/shop", SHOP["token"], appid, deadline=WECHAT_TIMEOUT)
     user, client = f"o_refused_{msg_id()}", redis_server.client()
-    wechat_api.fail_next(48001)  # an unverified account: no customer-service permission
+    kept_before = int(client.hget("wxrelay:stats:shop", "late_no_permission") or 0)
+    wechat_api.deny_customer_service(appid, errcode)
+    try:
+        answer = shop.say(SLOW, user=user, MsgId=msg_id())
+        assert (answer.delivery, answer.reply) == (3, None)  # an `api` account answers `success`
+        wait_until(lambda: kept(client, "shop", user), 10, "the refused reply kept")
+        assert f"no customer-service API ({errcode}); kept for the user's next message" in stack.processes[0].log()
+        assert int(client.hget("wxrelay:stats:shop", "late_no_permission")) == kept_before + 1
 
-    answer = shop.say(SLOW, user=user, MsgId=msg_id())
-    assert (answer.delivery, answer.reply) == (3, None)  # an `api` account answers `success`
-    wait_until(lambda: kept(client, "shop", user), 10, "the refused reply kept")
-    assert "no customer-service API (48001); kept for the user's next message" in stack.processes[0].log()
-    assert client.hget("wxrelay:stats:shop", "late_no_permission") == b"1"
-
-    nxt = shop.say("hi", user=user, MsgId=msg_id())
-    assert nxt.text == f"shop bot: {SLOW}\n\nshop bot: hi"
-    assert wechat_api.sends_to(user) == []
+        nxt = shop.say("hi", user=user, MsgId=msg_id())
+        assert nxt.text == f"shop bot: {SLOW}\n\nshop bot: hi"
+        assert wechat_api.sends_to(user) == []
+        assert [a.errcode for a in wechat_api.send_attempts if user.encode() in a.body] == [errcode]
+    finally:
+        wechat_api.allow_customer_service(appid)
 
 
 def answer_of(reply: Text | Image | None) -> Answer:

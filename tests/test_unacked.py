@@ -77,6 +77,20 @@ def test_a_message_given_back_finds_its_record_written(channel: Any, redis_serve
     assert any(json.loads(item)["properties"]["delivery_tag"] == "tag-2" for item in queued)
 
 
+def test_a_message_given_back_goes_to_the_front_of_the_line(channel: Any, redis_server: RedisServer) -> None:
+    # The ledger's sweep looks for a task given back among a queue's oldest (common/ledger.py's SWEEP_DUE).
+    client = redis_server.client()
+    client.lpush(QUEUE, "queued before", "queued after")
+    message, _ = _message(channel, "tag-5")
+    channel.qos.append(message, "tag-5")
+    channel.qos.reject("tag-5", requeue=True)
+    queued = client.lrange(QUEUE, 0, -1)
+    client.delete(QUEUE)
+    assert queued[:2] == [b"queued after", b"queued before"]
+    assert json.loads(queued[2])["properties"]["delivery_tag"] == "tag-5"  # the right end: taken next
+    assert client.hget(RECORDS, "tag-5") is None and client.zscore(INDEX, "tag-5") is None
+
+
 def test_an_error_among_the_replies_is_logged(
     channel: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

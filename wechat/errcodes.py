@@ -40,6 +40,11 @@ def explain(errcode: int, errmsg: str = "") -> str:
     return meaning.replace("{ip}", found.group(1) if found else "(the address WeChat saw)")
 
 
+# "No permission for this API": what the customer-service API answers an account that may not use it at all
+# (48001, and 76022 from the same unverified accounts). No retry changes it; a late reply goes by pickup.
+NO_PERMISSION = (48001, 76022)
+
+
 def no_permission(errcode: int) -> bool:
     """Whether the errcode says the account may not use the API at all (not a passing failure)."""
-    return errcode in (48001, 76022)
+    return errcode in NO_PERMISSION
