@@ -299,8 +299,11 @@ def host_restarted(r: Rehearsal) -> Result:
     """Every process of the appliance SIGKILLed at once, supervisord included, then `python -m appliance run`
     again on the same state folder. At the kill, messages are held on their first, middle and last deliveries,
     running and queued behind every worker slot, and gone late with their send waiting for a token; more keep
-    arriving while the host is down. WeChat is played at its pace: a refused delivery is retried a window later."""
+    arriving while the host is down. WeChat is played at its pace: a refused delivery is retried a window later.
+    Before that, a first round: messages only the relays' spools hold, already answered `success`."""
     window = r.window
+    spooled, spool_note, spool_problems = _spooled_when_killed(r)
+    r.appliance.wait_ready()
     r.api.hold_tokens()
     try:
         r.appliance.redis().delete(f"wxrelay:access_token:{APPID}")
@@ -345,19 +348,22 @@ def host_restarted(r: Rehearsal) -> Result:
     finished = {m.key for m in late}
     hit = [m for m in before if m.key in started and m.key not in finished]
     # While the host comes up WeChat may find no one listening, but never an error it could take as final.
-    problems = [e for e in _errors(before + arriving, since=killed_at) if not e.endswith("unreachable")]
+    problems = spool_problems + [
+        e for e in _errors(before + arriving, since=killed_at) if not e.endswith("unreachable")
+    ]
     if not (all(held) and queued and waiting):
         problems.append(f"the kill found {held} held on deliveries 1-3, {queued} queued, {waiting} late sends waiting")
     cleared = "; run cleared a dead supervisord's pid file and socket" if "supervisord that is gone" in said else ""
     return finish(
         r,
         "host-restarted",
-        strike(before, killed_at) + [m for m in arriving if m.key not in undelivered],
+        spooled + strike(before, killed_at) + [m for m in arriving if m.key not in undelivered],
         max_runs={m.key: 2 for m in hit},
         # The worker-killed contract counted from the stack healthy again, and a handler cut short runs in full.
         recovery_limit=healthy + RECOVERY_LIMIT + 3 * window,
         problems=problems,
         notes=[
+            spool_note,
             f"killed {len(killed)} processes (supervisord pid {killed[0]}) holding {held[0]} messages on a first "
             f"delivery, {held[1]} on a middle one and {held[2]} on the last; {queued} tasks queued, "
             f"{len(hit)} handlers running, {waiting} late sends waiting for a token",
@@ -366,6 +372,24 @@ def host_restarted(r: Rehearsal) -> Result:
             "every delivery (never delivered: WeChat gave up on them, not counted above)",
         ],
     )
+
+
+def _spooled_when_killed(r: Rehearsal) -> tuple[list[Message], str, list[str]]:
+    """Redis stopped, messages answered `success` from the relays' spools, then every process killed: only
+    the spools on disk remember them. Returns the messages, a note and the problems."""
+    r.appliance.stop_program(REDIS)
+    spooled = r.wechat.send_mix(["spooled when the host died"], paced=True)
+    wait_finished(spooled, STARTED_TIMEOUT + r.window)
+    problems = [f"{m.key}: {m.deliveries} while Redis was stopped" for m in spooled if m.answered_on != 1]
+    killed = r.appliance.kill_all()
+    killed_at = time.monotonic()
+    r.appliance.restart()
+    healthy = time.monotonic() - killed_at
+    note = (
+        f"{len(spooled)} messages answered `success` from the spools with Redis stopped, then {len(killed)} "
+        f"processes killed: healthy again {healthy:.1f} s after"
+    )
+    return strike(spooled, killed_at), note, problems
 
 
 def _held(messages: list[Message]) -> list[int]:

@@ -114,3 +114,6 @@ def test_the_whole_host_restarted(rehearsal: Rehearsal) -> None:
     assert all(t.runs == 1 for t in result.tallies if t.max_runs == 1)
     late = [t for t in result.tallies if t.text == rehearsal.slow(3 * rehearsal.window + 1)]
     assert late and all(t.late == 1 and t.passive == 0 for t in late)
+    # Answered `success` with only the relays' spools to remember them when the host died: replayed, sent late.
+    spooled = [t for t in result.tallies if t.text == "spooled when the host died"]
+    assert spooled and all(t.late == 1 and t.passive == 0 and t.runs == 1 for t in spooled)
