@@ -20,6 +20,7 @@ POLL = 0.2
 # How long a stopped process may take to let go of its port.
 PORTS_TIMEOUT = 5.0
 _STOP_MARGIN = 20.0
+NGINX = "nginx"
 
 
 def say(message: str) -> None:
@@ -51,6 +52,7 @@ def run(timeout: float = START_TIMEOUT) -> int:
     )
     started = time.monotonic()
     supervisor.launch(tools.supervisord)
+    _start_nginx(local, supervisor, timeout)
     _wait_healthy(local, supervisor, timeout)
     say(f"nginx → relays → Redis → workers healthy in {time.monotonic() - started:.1f} s")
     _owner_info(local, env_file)
@@ -71,6 +73,8 @@ def reload(timeout: float = START_TIMEOUT) -> int:
         supervisor.signal("nginx", "HUP")  # nginx's own graceful reload: old workers finish their requests
         say("nginx re-read its configuration")
     added, removed = supervisor.update()
+    if NGINX in added:  # its program changed: supervisor took it down, and does not start it by itself
+        _start_nginx(local, supervisor, timeout)
     if added or removed:
         say(f"worker programs started: {', '.join(added) or 'none'}; stopped: {', '.join(removed) or 'none'}")
     processes = supervisor.processes()
@@ -173,6 +177,17 @@ def _wait_healthy(local: Local, supervisor: Supervisor, timeout: float) -> None:
             say(f"waiting for {', '.join(pending)}")
             noted, next_note = pending, now + 5
         time.sleep(POLL)
+
+
+def _start_nginx(local: Local, supervisor: Supervisor, timeout: float) -> None:
+    """nginx (not started with the rest) once a relay listens, so WeChat never meets nginx without one:
+    after a crash of the whole host its retries arrive while the stack comes up."""
+    deadline = time.monotonic() + timeout
+    while not any(status.listens(port) for port in local.relay_ports):
+        if time.monotonic() > deadline or any(p.state == "FATAL" for p in _processes(supervisor)):
+            return  # no relay will come: _wait_healthy says why
+        time.sleep(POLL / 4)
+    supervisor.start(NGINX)
 
 
 def _processes(supervisor: Supervisor) -> list[ProcessInfo]:

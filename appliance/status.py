@@ -57,6 +57,14 @@ def through_nginx(local: Local) -> bool:
         return False
 
 
+def listens(relay_port: int) -> bool:
+    """The relay on this port answers its liveness probe."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{relay_port}/livez", timeout=PROBE_TIMEOUT, trust_env=False).is_success
+    except httpx.HTTPError:
+        return False
+
+
 def _nginx(client: httpx.Client, http_port: int) -> Check:
     where = f":{http_port} /livez"
     try:

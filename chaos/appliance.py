@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
+from appliance import system
 from appliance.config import ROOT, Layout
 from appliance.supervisor import ProcessInfo, Supervisor
 from common.settings import SETTINGS
@@ -276,6 +277,27 @@ class Appliance:
             return process.pid if process.running and process.pid != old_pid else 0
 
         return wait_until(again, timeout, f"supervisor to restart {name}", interval=0.1)
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL supervisord and everything under it at once, as when the host loses every process
+        (an OOM storm, a reboot): nobody is left to restart anything. Returns the PIDs killed."""
+        supervisord = self.supervisor.pid()
+        if supervisord is None:
+            raise RuntimeError("supervisord is not running")
+        children = {process.pid for process in self.processes().values() if process.pid}
+        # supervisord first: it must not see a child die and start another in its place.
+        pids = [supervisord, *sorted(children | system.descendants({supervisord} | children) - {supervisord})]
+        system.terminate(pids, signal.SIGKILL)
+        wait_until(lambda: not any(system.alive(pid) for pid in pids), 10, "every killed process to be gone")
+        return pids
+
+    def restart(self) -> str:
+        """`python -m appliance run` again, on what the killed one left; returns what it said."""
+        result = self._appliance("run", START_TIMEOUT)
+        said = result.stdout + result.stderr
+        if result.returncode != 0:
+            raise RuntimeError(f"python -m appliance run failed ({result.returncode}) after the kill:\n{said}")
+        return said
 
     def stop_program(self, name: str) -> None:
         """Stop a program through supervisor (XML-RPC stopProcess): it stays down until started."""

@@ -11,6 +11,7 @@ Recovery timings (WXRELAY_LEASE, the sweep) are the shipped ones.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable
 
@@ -319,6 +320,124 @@ def _says_full(report: dict[str, object]) -> bool:
     return any("Redis memory full" in str(p) for p in problems)  # type: ignore[union-attr]
 
 
+# -- the whole host -----------------------------------------------------------------------------------------------
+
+
+def host_restarted(r: Rehearsal) -> Result:
+    """Every process of the appliance SIGKILLed at once, supervisord included, then `python -m appliance run`
+    again on the same state folder. At the kill, messages are held on their first, middle and last deliveries,
+    running and queued behind every worker slot, and gone late with their send waiting for a token; more keep
+    arriving while the host is down. WeChat is played at its pace: a refused delivery is retried a window later.
+    Before that, a first round: messages only the relays' spools hold, already answered `success`."""
+    window = r.window
+    spooled, spool_note, spool_problems = _spooled_when_killed(r)
+    r.appliance.wait_ready()
+    r.api.hold_tokens()
+    try:
+        r.appliance.redis().delete(f"wxrelay:access_token:{APPID}")
+        late = r.wechat.send_mix([r.slow(3 * window + 1)], paced=True)
+        r.wait_started(late)
+        wait_until(
+            lambda: r.api.token_requests_waiting >= 1, 3 * window + 1 + STARTED_TIMEOUT, "a late send's token fetch"
+        )
+        last = r.wechat.send_mix([r.slow(4 * window)], paced=True)
+        wait_until(lambda: all(m.on_delivery(2) for m in last), STARTED_TIMEOUT + window, "a second delivery")
+        middle = r.wechat.send_mix([r.slow(4 * window)], paced=True)
+        crowd = r.wechat.send_mix([r.slow(3 * window)] * ((WORKERS * CONCURRENCY + 6) // 2), paced=True)
+        wait_until(
+            lambda: all(m.on_delivery(3) for m in last) and all(m.on_delivery(2) for m in middle),
+            STARTED_TIMEOUT + 2 * window,
+            "the last and middle deliveries",
+        )
+        wait_until(lambda: r.appliance.redis().llen(QUEUE) > 0, STARTED_TIMEOUT, "every worker slot taken")
+        first = r.wechat.send_mix(["just before the kill"], paced=True)
+        wait_until(lambda: all(r.deliveries(m) for m in first), STARTED_TIMEOUT, "the ledger to record them")
+        held = _held(late + last + middle + crowd + first)
+        queued, waiting = r.appliance.redis().llen(QUEUE), r.api.token_requests_waiting
+        killed = r.appliance.kill_all()
+        killed_at = time.monotonic()
+        started = set(r.runs())  # nothing runs until the restart
+    finally:
+        r.api.release_tokens()
+    arriving: list[Message] = []
+    down = threading.Event()
+    trickle = threading.Thread(target=_trickle, args=(r, arriving, down), name="chaos-trickle", daemon=True)
+    trickle.start()
+    try:
+        said = r.appliance.restart()
+        healthy = time.monotonic() - killed_at
+    finally:
+        down.set()
+        trickle.join()
+    wait_finished(arriving, 4 * window)
+    before = late + last + middle + crowd + first
+    undelivered = {m.key for m in arriving if _never_delivered(m)}
+    # A handler the kill cut short may run once more; one that had finished (the late ones) may not.
+    finished = {m.key for m in late}
+    hit = [m for m in before if m.key in started and m.key not in finished]
+    # While the host comes up WeChat may find no one listening, but never an error it could take as final.
+    problems = spool_problems + [
+        e for e in _errors(before + arriving, since=killed_at) if not e.endswith("unreachable")
+    ]
+    if not (all(held) and queued and waiting):
+        problems.append(f"the kill found {held} held on deliveries 1-3, {queued} queued, {waiting} late sends waiting")
+    cleared = "; run cleared a dead supervisord's pid file and socket" if "supervisord that is gone" in said else ""
+    return finish(
+        r,
+        "host-restarted",
+        spooled + strike(before, killed_at) + [m for m in arriving if m.key not in undelivered],
+        max_runs={m.key: 2 for m in hit},
+        # The worker-killed contract counted from the stack healthy again, and a handler cut short runs in full.
+        recovery_limit=healthy + RECOVERY_LIMIT + 3 * window,
+        problems=problems,
+        notes=[
+            spool_note,
+            f"killed {len(killed)} processes (supervisord pid {killed[0]}) holding {held[0]} messages on a first "
+            f"delivery, {held[1]} on a middle one and {held[2]} on the last; {queued} tasks queued, "
+            f"{len(hit)} handlers running, {waiting} late sends waiting for a token",
+            f"healthy again {healthy:.1f} s after the kill{cleared}",
+            f"{len(arriving)} messages arrived while the host was down: {len(undelivered)} found it down on "
+            "every delivery (never delivered: WeChat gave up on them, not counted above)",
+        ],
+    )
+
+
+def _spooled_when_killed(r: Rehearsal) -> tuple[list[Message], str, list[str]]:
+    """Redis stopped, messages answered `success` from the relays' spools, then every process killed: only
+    the spools on disk remember them. Returns the messages, a note and the problems."""
+    r.appliance.stop_program(REDIS)
+    spooled = r.wechat.send_mix(["spooled when the host died"], paced=True)
+    wait_finished(spooled, STARTED_TIMEOUT + r.window)
+    problems = [f"{m.key}: {m.deliveries} while Redis was stopped" for m in spooled if m.answered_on != 1]
+    killed = r.appliance.kill_all()
+    killed_at = time.monotonic()
+    r.appliance.restart()
+    healthy = time.monotonic() - killed_at
+    note = (
+        f"{len(spooled)} messages answered `success` from the spools with Redis stopped, then {len(killed)} "
+        f"processes killed: healthy again {healthy:.1f} s after"
+    )
+    return strike(spooled, killed_at), note, problems
+
+
+def _held(messages: list[Message]) -> list[int]:
+    """How many of the messages are held open on their first, middle and last delivery."""
+    return [sum(1 for m in messages if not m.finished.is_set() and len(m.deliveries) == n) for n in range(3)]
+
+
+def _trickle(r: Rehearsal, arriving: list[Message], done: threading.Event) -> None:
+    """A message every third of a window until `done`: WeChat does not know the host is down."""
+    for n in itertools.count():
+        arriving.append(r.wechat.send("while the host is down", MODES[n % 2], paced=True))
+        if done.wait(r.window / 3):
+            return
+
+
+def _never_delivered(message: Message) -> bool:
+    """Every delivery found no one listening: the message never reached the host (WeChat has lost it)."""
+    return message.finished.is_set() and all(d.outcome == "unreachable" for d in message.deliveries)
+
+
 # -- nginx --------------------------------------------------------------------------------------------------------
 
 
@@ -357,6 +476,7 @@ SCENARIOS: dict[str, Scenario] = {
     "redis-down-60s": redis_down,
     "redis-full": redis_full,
     "nginx-reload": nginx_reload,
+    "host-restarted": host_restarted,
 }
 
 

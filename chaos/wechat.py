@@ -6,7 +6,10 @@ Each delivery is one `WeChatSimulator.deliver` of the same signed request (a
 simulator of one delivery), so a message is delivered exactly as the
 simulator's own retry loop would — up to three times, each cut at WeChat's
 deadline — except that a WeChat which does not retry an HTTP error (a 502
-from nginx when a relay dies) can be played too: `retry_errors=False`.
+from nginx when a relay dies) can be played too: `retry_errors=False`; and a
+delivery that fails at once (no connection) is retried either at once or, as
+WeChat's deliveries come about one window apart, when its window has passed:
+`paced=True`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Message:
     mode: str
     text: str
     retry_errors: bool
+    paced: bool = False
     sent_at: float = field(default_factory=time.monotonic)
     deliveries: list[Delivery] = field(default_factory=list)
     passive: str | None = None  # the text of a passive reply (not `success`)
@@ -84,18 +88,18 @@ class WeChat:
         self._numbers = itertools.count(1)
         self._run = secrets.token_hex(3)
 
-    def send(self, text: str, mode: str, retry_errors: bool = True) -> Message:
+    def send(self, text: str, mode: str, retry_errors: bool = True, paced: bool = False) -> Message:
         """Start delivering one message from a new user; returns at once."""
         msg_id = new_msg_id()
         user = f"o_chaos_{self._run}_{next(self._numbers):04d}"
-        message = Message(f"msg:{msg_id}", user, mode, text, retry_errors)
+        message = Message(f"msg:{msg_id}", user, mode, text, retry_errors, paced)
         fields = text_message(text, user=user, msg_id=msg_id)
         threading.Thread(target=self._deliver, args=(message, fields), name=f"wechat-{user}", daemon=True).start()
         return message
 
-    def send_mix(self, texts: Iterable[str], retry_errors: bool = True) -> list[Message]:
+    def send_mix(self, texts: Iterable[str], retry_errors: bool = True, paced: bool = False) -> list[Message]:
         """Each text once in every mode."""
-        return [self.send(text, mode, retry_errors) for text in texts for mode in MODES]
+        return [self.send(text, mode, retry_errors, paced) for text in texts for mode in MODES]
 
     def _deliver(self, message: Message, fields: dict[str, object]) -> None:
         simulator = self._simulators[message.mode]
@@ -114,6 +118,8 @@ class WeChat:
                     return
                 if attempt.outcome != "timeout" and not message.retry_errors:
                     return
+                if message.paced and number < DELIVERIES:
+                    time.sleep(max(0.0, started + self.window - time.monotonic()))  # WeChat's pace, not waiting
         except Exception as exc:  # a reply WeChat would reject: recorded, counted as a failure
             message.error = f"{type(exc).__name__}: {exc}"
         finally:

@@ -109,3 +109,18 @@ def test_nginx_reloaded(rehearsal: Rehearsal) -> None:
     result = rehearse(rehearsal, "nginx-reload")
     assert_exactly_once(result)
     assert all(t.runs == 1 for t in result.tallies)
+
+
+def test_the_whole_host_restarted(rehearsal: Rehearsal) -> None:
+    result = rehearse(rehearsal, "host-restarted")
+    assert_exactly_once(result)
+    # From the kill: the restart, then a worker's lease and sweep, then the handler the kill cut short.
+    assert result.recovery is not None and result.recovery_limit is not None
+    assert result.recovery < result.recovery_limit, f"the last reply came {result.recovery:.1f} s after the kill"
+    # Only a handler the kill cut short ran again; the late replies already computed were sent, not remade.
+    assert all(t.runs == 1 for t in result.tallies if t.max_runs == 1)
+    late = [t for t in result.tallies if t.text == rehearsal.slow(3 * rehearsal.window + 1)]
+    assert late and all(t.late == 1 and t.passive == 0 for t in late)
+    # Answered `success` with only the relays' spools to remember them when the host died: replayed, sent late.
+    spooled = [t for t in result.tallies if t.text == "spooled when the host died"]
+    assert spooled and all(t.late == 1 and t.passive == 0 and t.runs == 1 for t in spooled)
