@@ -87,6 +87,7 @@ class Callback(HTTPMessageDelegate):
         self.size = 0
         self.hung_up = HangUp()
         self.answered = False
+        self.body_read = False
         self.route: Route | None = None
         self.task: asyncio.Task[None] | None = None
         # WeChat hanging up while the reply is awaited ends the wait (relay/dispatch.py).
@@ -131,6 +132,7 @@ class Callback(HTTPMessageDelegate):
             self.chunks.append(chunk)
 
     def finish(self) -> None:
+        self.body_read = True
         if self.answered:
             return
         self.task = asyncio.ensure_future(self.post() if self.method == "POST" else self.get())
@@ -184,6 +186,10 @@ class Callback(HTTPMessageDelegate):
         headers["Date"] = str(DATE)
         # The echoed echostr is the caller's text: a browser must not take it for HTML.
         headers["X-Content-Type-Options"] = "nosniff"
+        if not self.body_read:
+            # Tornado closes a connection whose body it did not read: said, or
+            # nginx keeps it for the next request (a valid one) and gets a reset.
+            headers["Connection"] = "close"
         connection = self.connection
         connection.set_close_callback(None)
         connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, data)

@@ -1,0 +1,78 @@
+"""Hostile input never costs a valid message, through the whole chain: nginx
+(rendered from deploy/nginx), the relays and the workers of one private
+appliance (`python -m appliance run`, as tests/test_faults.py).
+
+A refusal must leave nginx no dead keep-alive connection to send the next
+(valid) request into; an oversize chunked body is a 413 whoever runs the
+appliance; and whatever anyone sends, the answer is a 2xx or 4xx, nothing
+invalid reaches a worker, and the valid messages between are each answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from chaos.appliance import APPID, TOKEN
+from chaos.rehearsal import Rehearsal
+from chaos.stage import stage
+from simulator import WeChatSimulator
+from simulator.messages import new_msg_id
+from tests.services import require_appliance
+
+WINDOW = 1.5
+# The issue's burst: 2,000 wrongly signed requests in 10 s cost up to 10 of 99 valid messages.
+BAD_SENDERS = 8
+VALID = 60
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    require_appliance()
+    with stage(WINDOW, workdir=tmp_path_factory.mktemp("hostile")) as started:
+        yield started
+
+
+def signed(rehearsal: Rehearsal, content: str) -> tuple[dict[str, str], bytes]:
+    sim = WeChatSimulator(rehearsal.appliance.url, TOKEN, APPID, rehearsal.appliance.aes_key, deadline=WINDOW)
+    return sim.build_request({"MsgType": "text", "Content": content, "MsgId": str(new_msg_id())})
+
+
+def test_a_burst_of_wrongly_signed_requests_costs_no_valid_message(rehearsal: Rehearsal) -> None:
+    url = rehearsal.appliance.url
+    stop = threading.Event()
+    bad: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def refuse_forever() -> None:
+        params, body = signed(rehearsal, "forged")
+        params["signature"] = "0" * 40
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            while not stop.is_set():
+                status = client.post(url, params=params, content=body).status_code
+                with lock:
+                    bad[status] = bad.get(status, 0) + 1
+
+    senders = [threading.Thread(target=refuse_forever) for _ in range(BAD_SENDERS)]
+    for sender in senders:
+        sender.start()
+    answers: list[tuple[int, str]] = []
+    try:
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            for n in range(VALID):
+                params, body = signed(rehearsal, f"valid {n}")
+                response = client.post(url, params=params, content=body)
+                answers.append((response.status_code, response.text))
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join()
+    print(f"wrongly signed: {bad}; valid: {sum(1 for status, _ in answers if status == 200)} of {VALID} answered 200")
+    failed = [(n, status) for n, (status, text) in enumerate(answers) if status != 200 or f"valid {n}" not in text]
+    assert not failed, f"valid messages not answered: {failed}"
+    assert set(bad) == {403}, bad
