@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,12 +49,20 @@ T = TypeVar("T")
 LATE_OUTCOMES = ("success", "late", "spooled")
 TEXT = "text/plain; charset=utf-8"
 XML = "application/xml; charset=utf-8"
+# What a client's number may be: str.isdigit() also passes '²' and other
+# digits int() cannot read, and int() refuses more than 4,300 digits.
+DECIMAL = re.compile(r"[0-9]{1,18}")
 
 
 class Rejected(Exception):
     def __init__(self, status: int, reason: str, text: str) -> None:
         super().__init__(text)
         self.status, self.reason, self.text = status, reason, text
+
+
+def decimal(text: str) -> int | None:
+    """A client's number in ASCII digits; None for anything else."""
+    return int(text) if DECIMAL.fullmatch(text) else None
 
 
 class HTTPDate:
@@ -116,8 +125,9 @@ class Callback(HTTPMessageDelegate):
             self.check_signature()
             if method == "POST" and not self.encrypted and "plain" not in route.account.modes:
                 raise Rejected(403, "plaintext", "plaintext messages are refused: use safe mode")
-            length = headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > self.config.max_body:
+            # Any other Content-Length is Tornado's to refuse (400).
+            length = decimal(headers.get("Content-Length", ""))
+            if length is not None and length > self.config.max_body:
                 raise Rejected(413, "body_too_large", "request body too large")
         except Rejected as rejected:
             self.reject(rejected)
@@ -170,7 +180,8 @@ class Callback(HTTPMessageDelegate):
                 check_signature(self.route.account.token, self.argument("signature"), timestamp, self.argument("nonce"))
             except SignatureError:
                 raise Rejected(403, "signature", "invalid signature") from None
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.config.timestamp_window:
+        seconds = decimal(timestamp)
+        if seconds is None or abs(time.time() - seconds) > self.config.timestamp_window:
             raise Rejected(403, "timestamp", "stale timestamp")
 
     # -- the answers ----------------------------------------------------------------------------------------
