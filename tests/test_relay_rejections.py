@@ -87,15 +87,17 @@ def test_oversize_chunked_body_is_413(relay):
         (b"", "malformed_xml"),
         (b"<notxml><a>1</a></notxml>", "malformed_xml"),
         (b"<xml><Content>\xff\xfe</Content></xml>", "malformed_xml"),
+        (signed(MsgId="555000666")[1].decode().encode("utf-16-le"), "malformed_xml"),
         (XXE, "hostile_xml"),
         (LAUGHS, "hostile_xml"),
     ],
-    ids=["truncated", "empty", "wrong-root", "invalid-utf8", "xxe", "billion-laughs"],
+    ids=["truncated", "empty", "wrong-root", "invalid-utf8", "utf16-without-bom", "xxe", "billion-laughs"],
 )
-def test_bad_xml_is_400(relay, body, reason):
+def test_bad_xml_is_400(relay, redis_server, body, reason):
     params, _ = signed()
     before = relay.metric("wxrelay_rejected_total", reason=reason)
     assert_rejected(post(relay, params, body), 400, relay, reason, before)
+    assert not redis_server.client().exists("wxrelay:msg:msg:555000666")
 
 
 def test_wrong_msg_signature_is_403(relay):
