@@ -10,9 +10,11 @@ invalid reaches a worker, and the valid messages between are each answered.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -76,3 +78,31 @@ def test_a_burst_of_wrongly_signed_requests_costs_no_valid_message(rehearsal: Re
     failed = [(n, status) for n, (status, text) in enumerate(answers) if status != 200 or f"valid {n}" not in text]
     assert not failed, f"valid messages not answered: {failed}"
     assert set(bad) == {403}, bad
+
+
+def chunked_post(rehearsal: Rehearsal, params: dict[str, str], body: bytes, size: int) -> bytes:
+    """POST `body` in chunks of `size` bytes through nginx; the answer's bytes, up to its end."""
+    port = rehearsal.appliance.http_port
+    head = f"POST /wechat?{urlencode(params)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n"
+    parts = (body[at : at + size] for at in range(0, len(body), size))
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        try:
+            sock.sendall(chunks + b"0\r\n\r\n")
+        except OSError:
+            pass  # nginx may answer 413 and stop reading before the body ends
+        return sock.makefile("rb").read()
+
+
+def test_a_chunked_body_in_small_chunks_is_buffered_whoever_runs_nginx(rehearsal: Rehearsal) -> None:
+    # Small chunks overflow nginx's in-memory buffer long before the limit: it writes a temp
+    # file in the state folder, which its workers must be able to enter (started by root, too).
+    max_body = 65536
+    params, _ = signed(rehearsal, "unused")
+    answer = chunked_post(rehearsal, params, b"<xml>" + b"x" * max_body + b"</xml>", 16)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    params, body = signed(rehearsal, "in small chunks")
+    answer = chunked_post(rehearsal, params, body, 4)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"echo: in small chunks" in answer, answer[:300]
