@@ -203,7 +203,9 @@ class Callback(HTTPMessageDelegate):
             headers["Connection"] = "close"
         connection = self.connection
         connection.set_close_callback(None)
-        connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, data)
+        # An answer to HEAD has no body: Tornado refuses to write one, and drops the connection.
+        body = None if self.method == "HEAD" else data
+        connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, body)
         connection.finish()
 
     def reject(self, rejected: Rejected) -> None:

@@ -185,3 +185,10 @@ def test_a_content_length_that_is_not_a_number_is_400(relay, length):
         sock.sendall(request + body)
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
+
+
+@pytest.mark.parametrize("path", ["/wechat", "/wechat/nobody"])
+def test_a_head_request_is_answered_without_a_body(relay, path):
+    # Answered 405 (or 404) with a body, a HEAD made Tornado drop the connection: nginx said 502.
+    response = httpx.head(f"{relay.url}{path}", params=signed()[0], timeout=5)
+    assert response.status_code in (404, 405) and response.content == b""
