@@ -10,6 +10,7 @@ invalid reaches a worker, and the valid messages between are each answered.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -18,18 +19,24 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chaos.appliance import APPID, TOKEN
 from chaos.rehearsal import Rehearsal
 from chaos.stage import stage
+from common import ledger
 from simulator import WeChatSimulator
 from simulator.messages import new_msg_id
+from tests.hostile_requests import HOSTILE, Account, hostile_requests
 from tests.services import require_appliance
 
 WINDOW = 1.5
 # The issue's burst: 2,000 wrongly signed requests in 10 s cost up to 10 of 99 valid messages.
 BAD_SENDERS = 8
 VALID = 60
+# Generated hostile requests, each followed by a valid message.
+EXAMPLES = 200
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +113,96 @@ def test_a_chunked_body_in_small_chunks_is_buffered_whoever_runs_nginx(rehearsal
     params, body = signed(rehearsal, "in small chunks")
     answer = chunked_post(rehearsal, params, body, 4)
     assert answer.startswith(b"HTTP/1.1 200 ") and b"echo: in small chunks" in answer, answer[:300]
+
+
+# -- the property: whatever anyone sends ------------------------------------------------------------------------------
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to nginx; every byte it answers, up to its close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before it read everything: the answer is judged
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass  # judged by what came before
+        return answer
+
+
+def final_status(answer: bytes) -> int | None:
+    """The status of the final answer, past any 100 Continue; None when there is none."""
+    while match := re.match(rb"HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n", answer):
+        if not match.group(1).startswith(b"1"):
+            return int(match.group(1))
+        answer = answer[answer.find(b"\r\n\r\n") + 4 :]
+    return None
+
+
+@pytest.mark.parametrize(
+    "request_line, header",
+    [
+        ("POST /wechat HTTP/2.0", b""),
+        ("POST /wechat HTTP/9.9", b""),
+        ("POST /wechat HTTP/1.1", b"Transfer-Encoding: gzip"),
+    ],
+    ids=["http2-line", "http9", "gzip-transfer"],
+)
+def test_what_nginx_does_not_speak_is_a_400(rehearsal: Rehearsal, request_line: str, header: bytes) -> None:
+    # nginx's own answers are 505 and 501: server errors, for what is the client's.
+    lines = [
+        request_line.encode(),
+        b"Host: x",
+        b"Connection: close",
+        b"Content-Length: 0",
+        *([header] if header else []),
+    ]
+    answer = exchange(rehearsal.appliance.http_port, b"\r\n".join(lines) + b"\r\n\r\n")
+    assert final_status(answer) == 400, answer[:200]
+
+
+def hostile_keys(rehearsal: Rehearsal) -> list[str]:
+    """Ledger records and handler runs of a hostile message."""
+    records = rehearsal.appliance.redis().keys(f"{ledger.RECORD_PREFIX}msg:{HOSTILE}*")
+    return [*records, *(key for key in rehearsal.runs() if key.startswith(f"msg:{HOSTILE}"))]
+
+
+def test_whatever_anyone_sends_no_5xx_no_worker_and_every_valid_message_answered(rehearsal: Rehearsal) -> None:
+    account = Account(TOKEN, APPID, rehearsal.appliance.aes_key)
+    port = rehearsal.appliance.http_port
+    seen: dict[int, int] = {}
+    client = httpx.Client(timeout=10, trust_env=False)
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(st.data())
+    def anything(data: st.DataObject) -> None:
+        hostile = data.draw(hostile_requests(account))
+        before = set(hostile_keys(rehearsal))
+        status = final_status(exchange(port, hostile.data))
+        assert status is not None, f"no answer (dropped or reset): {hostile}"
+        assert 200 <= status < 500, f"{status}: {hostile}"
+        # Dispatched or not, it is decided before the answer.
+        assert not set(hostile_keys(rehearsal)) - before, f"reached the ledger: {hostile}"
+        seen[status] = seen.get(status, 0) + 1
+        # A valid message right after, on a kept-alive connection through nginx's pool.
+        n = sum(seen.values())
+        params, body = signed(rehearsal, f"between {n}")
+        answer = client.post(rehearsal.appliance.url, params=params, content=body)
+        assert answer.status_code == 200 and f"echo: between {n}" in answer.text, (answer.status_code, hostile)
+
+    try:
+        anything()
+    finally:
+        client.close()
+    print(f"hostile answers by status: {dict(sorted(seen.items()))}")
+    assert not hostile_keys(rehearsal)
+    assert {400, 403, 404, 405} <= seen.keys(), seen  # refused by nginx and by the relay, for each reason
