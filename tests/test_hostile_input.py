@@ -36,7 +36,7 @@ WINDOW = 1.5
 BAD_SENDERS = 8
 VALID = 60
 # Generated hostile requests, each followed by a valid message.
-EXAMPLES = 200
+EXAMPLES = 300
 
 
 @pytest.fixture(scope="module")
