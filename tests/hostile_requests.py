@@ -2,9 +2,9 @@
 since half of them are not HTTP a client library would send.
 
 Every request drawn but a GET or HEAD (a URL verification, which no worker
-sees) is invalid by construction: at least one of its method, path, query or
-body is wrong, whatever else is drawn beside it. Its body's
-MsgId begins with HOSTILE, so a message of it reaching a worker is found.
+sees) is invalid by construction: at least one of its method, path, query,
+body or HTTP is wrong, whatever else is drawn beside it. Its body's MsgId
+begins with HOSTILE, so a message of it reaching a worker is found.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from urllib.parse import quote
 
 from hypothesis import strategies as st
 
+from common.settings import SETTINGS
 from simulator.messages import text_message, to_xml
 from wechat.crypto import decode_aes_key, encrypt
 from wechat.signature import make_signature
 
 HOSTILE = "hostile"
-MAX_BODY = 65536
+# The appliance's, at its default.
+MAX_BODY = int(SETTINGS["max_body"].default)
 _serial = itertools.count(1)
 
 
@@ -122,12 +124,9 @@ ODD_VALUES = st.sampled_from(
 )
 
 
-@dataclass(frozen=True)
-class Query:
-    fields: list[tuple[str, str]]  # in order, perhaps duplicated; values already percent-encoded
-
-    def text(self) -> str:
-        return "&".join(f"{name}={value}" for name, value in self.fields)
+def query_text(fields: list[tuple[str, str]]) -> str:
+    """The fields in order, perhaps one name twice; their values are percent-encoded already."""
+    return "&".join(f"{name}={value}" for name, value in fields)
 
 
 def signed_query(account: Account, timestamp: str, nonce: str, encrypt_text: str | None) -> list[tuple[str, str]]:
@@ -300,5 +299,5 @@ def hostile_requests(draw: st.DrawFn, account: Account) -> Hostile:
             version = draw(BROKEN_VERSIONS)
         what = f"http:{broken}"
     framing_headers, sent = _framed(body, framing)
-    data = raw(method, f"{path}?{Query(fields).text()}", version, [*headers, *framing_headers], sent)
+    data = raw(method, f"{path}?{query_text(fields)}", version, [*headers, *framing_headers], sent)
     return Hostile(data, f"{what}; {method} {path} {version}; {framing}; {[h[:30] for h in headers]}")

@@ -28,7 +28,7 @@ from chaos.stage import stage
 from common import ledger
 from simulator import WeChatSimulator
 from simulator.messages import new_msg_id
-from tests.hostile_requests import HOSTILE, Account, hostile_requests
+from tests.hostile_requests import HOSTILE, MAX_BODY, Account, hostile_requests
 from tests.services import require_appliance
 
 WINDOW = 1.5
@@ -108,9 +108,8 @@ def chunked_post(rehearsal: Rehearsal, params: dict[str, str], body: bytes, size
 def test_a_chunked_body_in_small_chunks_is_buffered_whoever_runs_nginx(rehearsal: Rehearsal) -> None:
     # Small chunks overflow nginx's in-memory buffer long before the limit: it writes a temp
     # file in the state folder, which its workers must be able to enter (started by root, too).
-    max_body = 65536
     params, _ = signed(rehearsal, "unused")
-    answer = chunked_post(rehearsal, params, b"<xml>" + b"x" * max_body + b"</xml>", 16)
+    answer = chunked_post(rehearsal, params, b"<xml>" + b"x" * MAX_BODY + b"</xml>", 16)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     params, body = signed(rehearsal, "in small chunks")
     answer = chunked_post(rehearsal, params, body, 4)
