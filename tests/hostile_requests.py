@@ -36,6 +36,23 @@ class Account:
 
 
 @dataclass(frozen=True)
+class WeComApp:
+    """A WeCom app of the accounts file, on /wechat/NAME: it signs only with msg_signature."""
+
+    name: str
+    token: str
+    aes_key: str
+    corpid: str
+    agentid: int
+
+    def table(self) -> str:
+        return (
+            f'[accounts.{self.name}]\nkind = "wecom"\ntoken = "{self.token}"\naes_key = "{self.aes_key}"\n'
+            f'corpid = "{self.corpid}"\nagentid = {self.agentid}\n'
+        )
+
+
+@dataclass(frozen=True)
 class Hostile:
     """A request's bytes, and what was wrong with it (for the failure's report)."""
 
@@ -247,6 +264,43 @@ def raw(method: str, target: str, version: str, headers: list[bytes], body: byte
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+def wecom_query(app: WeComApp, timestamp: str, nonce: str, sealed: str) -> list[tuple[str, str]]:
+    signature = make_signature(app.token, timestamp, nonce, sealed)
+    return [("msg_signature", signature), ("timestamp", quote(timestamp)), ("nonce", quote(nonce))]
+
+
+@st.composite
+def wecom_requests(draw: st.DrawFn, app: WeComApp) -> tuple[str, str, list[tuple[str, str]], bytes]:
+    """A request to the WeCom app: what is wrong, its method, its query and its body."""
+    key, nonce = decode_aes_key(app.aes_key), draw(st.text("0123456789", min_size=1, max_size=10))
+    sealed = encrypt(key, message().encode(), app.corpid)
+    kind = draw(st.sampled_from(["msg-signature", "timestamp", "encrypt", "sealed-body", "corpid", "echostr"]))
+    timestamp = _fresh()
+    if kind == "msg-signature":
+        query = [("msg_signature", draw(ODD_VALUES)), ("timestamp", timestamp), ("nonce", nonce)]
+    elif kind == "timestamp":
+        timestamp = draw(st.sampled_from(["²", "9" * 5000, "-1", str(int(time.time()) - 3600)]))
+        query = wecom_query(app, timestamp, nonce, sealed)
+    else:
+        if kind == "encrypt":
+            sealed = draw(bad_encrypt(Account(app.token, app.corpid, app.aes_key)))[1]
+        elif kind == "sealed-body":
+            sealed = encrypt(key, draw(SMALL_BAD_BODIES)[1], app.corpid)
+        elif kind == "corpid":
+            sealed = encrypt(key, message().encode(), "ww_another_corp")
+        else:  # URL verification: an echostr that is not one
+            sealed = draw(st.text(max_size=100).filter(lambda text: text.strip()))
+            return (
+                f"wecom:{kind}",
+                "GET",
+                [*wecom_query(app, timestamp, nonce, sealed), ("echostr", quote(sealed))],
+                b"",
+            )
+        query = wecom_query(app, timestamp, nonce, sealed)
+    envelope = {"ToUserName": app.corpid, "AgentID": str(app.agentid), "Encrypt": sealed}
+    return f"wecom:{kind}", "POST", query, to_xml(envelope).encode()
+
+
 DEFECTS = [
     "method",
     "path",
@@ -259,11 +313,13 @@ DEFECTS = [
     "sealed-body",
     "signed-garbage",
     "http",
+    "wecom",
+    "wecom",
 ]
 
 
 @st.composite
-def hostile_requests(draw: st.DrawFn, account: Account) -> Hostile:
+def hostile_requests(draw: st.DrawFn, account: Account, app: WeComApp) -> Hostile:
     """One request with at least one sure defect (of its method, path, query, body or HTTP)
     and any odd headers besides."""
     # Bodies, what the relay reads itself, drawn most often.
@@ -278,6 +334,9 @@ def hostile_requests(draw: st.DrawFn, account: Account) -> Hostile:
         kind, sealed = draw(bad_encrypt(account))
         fields = signed_query(account, _fresh(), nonce, sealed)
         what, body = f"sealed:{kind}", to_xml({"ToUserName": "gh_hostile", "Encrypt": sealed}).encode()
+    elif defect == "wecom":
+        what, method, fields, body = draw(wecom_requests(app))
+        path = f"/wechat/{app.name}"
     elif defect == "signed-garbage":
         # A signed URL for safe mode with a plaintext body: no Encrypt to read.
         fields = signed_query(account, _fresh(), nonce, "")
@@ -286,7 +345,7 @@ def hostile_requests(draw: st.DrawFn, account: Account) -> Hostile:
         kind, body = draw(BAD_BODIES) if defect == "body" else ("valid", message().encode())
         fields = signed_query(account, _fresh(), nonce, None)
         what = f"{defect}:body-{kind}"
-    if method in ("GET", "HEAD"):
+    if method in ("GET", "HEAD") and defect != "wecom":
         fields.append(("echostr", draw(ODD_VALUES)))
     headers, version, framing = draw(ODD_HEADERS), draw(VERSIONS), draw(FRAMINGS)
     if defect == "http":

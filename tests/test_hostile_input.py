@@ -28,7 +28,7 @@ from chaos.stage import stage
 from common import ledger
 from simulator import WeChatSimulator
 from simulator.messages import new_msg_id
-from tests.hostile_requests import HOSTILE, MAX_BODY, Account, hostile_requests
+from tests.hostile_requests import HOSTILE, MAX_BODY, Account, WeComApp, hostile_requests
 from tests.services import require_appliance
 
 WINDOW = 1.5
@@ -39,10 +39,17 @@ VALID = 60
 EXAMPLES = 300
 
 
+# Beside the account `default`: WeCom's requests take paths of their own through the relay.
+STAFF = WeComApp("staff", "stafftoken1", "S" * 43, "ww0000000000000001", 1000002)
+
+
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
     require_appliance()
-    with stage(WINDOW, workdir=tmp_path_factory.mktemp("hostile")) as started:
+    workdir = tmp_path_factory.mktemp("hostile")
+    accounts = workdir / "accounts.toml"
+    accounts.write_text(STAFF.table())
+    with stage(WINDOW, workdir=workdir, extra={"WXRELAY_ACCOUNTS_FILE": str(accounts)}) as started:
         yield started
 
 
@@ -168,13 +175,19 @@ def test_what_nginx_does_not_speak_is_a_400(rehearsal: Rehearsal, request_line: 
 
 def hostile_keys(rehearsal: Rehearsal) -> list[str]:
     """Ledger records and handler runs of a hostile message."""
-    records = rehearsal.appliance.redis().keys(f"{ledger.RECORD_PREFIX}msg:{HOSTILE}*")
+    records = rehearsal.appliance.redis().keys(f"{ledger.RECORD_PREFIX}*msg:{HOSTILE}*")
     return [*records, *(key for key in rehearsal.runs() if key.startswith(f"msg:{HOSTILE}"))]
 
 
 def test_whatever_anyone_sends_no_5xx_no_worker_and_every_valid_message_answered(rehearsal: Rehearsal) -> None:
     account = Account(TOKEN, APPID, rehearsal.appliance.aes_key)
     port = rehearsal.appliance.http_port
+    # The WeCom app is served: its hostile requests are refused by its own checks, not as a 404.
+    wecom = WeChatSimulator(
+        f"{rehearsal.appliance.url}/{STAFF.name}", STAFF.token, aes_key=STAFF.aes_key, mode="wecom",
+        corpid=STAFF.corpid, agentid=STAFF.agentid, deadline=WINDOW,
+    )  # fmt: skip
+    assert wecom.say("staff here").text == "echo: staff here"
     seen: dict[int, int] = {}
     client = httpx.Client(timeout=10, trust_env=False)
 
@@ -186,7 +199,7 @@ def test_whatever_anyone_sends_no_5xx_no_worker_and_every_valid_message_answered
     )
     @given(st.data())
     def anything(data: st.DataObject) -> None:
-        hostile = data.draw(hostile_requests(account))
+        hostile = data.draw(hostile_requests(account, STAFF))
         before = set(hostile_keys(rehearsal))
         status = final_status(exchange(port, hostile.data))
         assert status is not None, f"no answer (dropped or reset): {hostile}"
