@@ -3,8 +3,11 @@ uses (deploy/), with local values: one source of truth for how it runs."""
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import math
+import os
+import pwd
 import re
 import subprocess
 import sys
@@ -76,6 +79,15 @@ def venv() -> Path:
 NGINX_WORKER_CONNECTIONS = 8192
 
 
+def nginx_user() -> str:
+    """nginx's `user` (user and group): root's nginx would run its workers as nobody, who
+    cannot enter the 0700 state folder to buffer a request body there (a 500). Anyone
+    else's nginx keeps its workers as that user: ''."""
+    if os.geteuid() != 0:
+        return ""
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
+
+
 def values(local: Local, tools: Tools) -> dict[str, object]:
     """The templates' variables; the Ansible roles set the same names with a server's values."""
     settings, layout = local.settings, local.layout
@@ -106,6 +118,7 @@ def values(local: Local, tools: Tools) -> dict[str, object]:
         "wxrelay_worker_groups": worker_groups(local),
         "wxrelay_worker_stop_wait": settings.task_time_limit + _WORKER_STOP_MARGIN,
         # nginx
+        "wxrelay_nginx_user": nginx_user(),
         "wxrelay_nginx_site": str(layout.nginx_site),
         "nginx_worker_connections": NGINX_WORKER_CONNECTIONS,
         "wxrelay_relay_hosts": ["127.0.0.1"],

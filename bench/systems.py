@@ -27,6 +27,7 @@ import httpx
 import jinja2
 import redis
 
+from appliance.render import NGINX_WORKER_CONNECTIONS, nginx_user
 from bench import callbacks
 from bench.procs import ROOT, Proc, children, command, free_port, wait_until
 from common.settings import SETTINGS
@@ -318,7 +319,11 @@ class DirectAppliance(ApplianceBase):
         nginx_conf = self.workdir / "nginx.conf"
         nginx_conf.write_text(
             templates.get_template("nginx/nginx.conf.j2").render(
-                wxrelay_run_dir=run, wxrelay_log_dir=logs, wxrelay_nginx_site=site
+                wxrelay_run_dir=run,
+                wxrelay_log_dir=logs,
+                wxrelay_nginx_site=site,
+                wxrelay_nginx_user=nginx_user(),
+                nginx_worker_connections=NGINX_WORKER_CONNECTIONS,
             )
         )
         argv = [_binary("nginx"), "-c", str(nginx_conf), "-p", str(run), "-e", str(logs / "nginx-error.log")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,12 +49,20 @@ T = TypeVar("T")
 LATE_OUTCOMES = ("success", "late", "spooled")
 TEXT = "text/plain; charset=utf-8"
 XML = "application/xml; charset=utf-8"
+# What a client's number may be: str.isdigit() also passes '²' and other
+# digits int() cannot read, and int() refuses more than 4,300 digits.
+DECIMAL = re.compile(r"[0-9]{1,18}")
 
 
 class Rejected(Exception):
     def __init__(self, status: int, reason: str, text: str) -> None:
         super().__init__(text)
         self.status, self.reason, self.text = status, reason, text
+
+
+def decimal(text: str) -> int | None:
+    """A client's number in ASCII digits; None for anything else."""
+    return int(text) if DECIMAL.fullmatch(text) else None
 
 
 class HTTPDate:
@@ -87,6 +96,7 @@ class Callback(HTTPMessageDelegate):
         self.size = 0
         self.hung_up = HangUp()
         self.answered = False
+        self.body_read = False
         self.route: Route | None = None
         self.task: asyncio.Task[None] | None = None
         # WeChat hanging up while the reply is awaited ends the wait (relay/dispatch.py).
@@ -115,8 +125,9 @@ class Callback(HTTPMessageDelegate):
             self.check_signature()
             if method == "POST" and not self.encrypted and "plain" not in route.account.modes:
                 raise Rejected(403, "plaintext", "plaintext messages are refused: use safe mode")
-            length = headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > self.config.max_body:
+            # Any other Content-Length is Tornado's to refuse (400).
+            length = decimal(headers.get("Content-Length", ""))
+            if length is not None and length > self.config.max_body:
                 raise Rejected(413, "body_too_large", "request body too large")
         except Rejected as rejected:
             self.reject(rejected)
@@ -131,6 +142,7 @@ class Callback(HTTPMessageDelegate):
             self.chunks.append(chunk)
 
     def finish(self) -> None:
+        self.body_read = True
         if self.answered:
             return
         self.task = asyncio.ensure_future(self.post() if self.method == "POST" else self.get())
@@ -168,7 +180,8 @@ class Callback(HTTPMessageDelegate):
                 check_signature(self.route.account.token, self.argument("signature"), timestamp, self.argument("nonce"))
             except SignatureError:
                 raise Rejected(403, "signature", "invalid signature") from None
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self.config.timestamp_window:
+        seconds = decimal(timestamp)
+        if seconds is None or abs(time.time() - seconds) > self.config.timestamp_window:
             raise Rejected(403, "timestamp", "stale timestamp")
 
     # -- the answers ----------------------------------------------------------------------------------------
@@ -184,9 +197,15 @@ class Callback(HTTPMessageDelegate):
         headers["Date"] = str(DATE)
         # The echoed echostr is the caller's text: a browser must not take it for HTML.
         headers["X-Content-Type-Options"] = "nosniff"
+        if not self.body_read:
+            # Tornado closes a connection whose body it did not read: said, or
+            # nginx keeps it for the next request (a valid one) and gets a reset.
+            headers["Connection"] = "close"
         connection = self.connection
         connection.set_close_callback(None)
-        connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, data)
+        # An answer to HEAD has no body: Tornado refuses to write one, and drops the connection.
+        body = None if self.method == "HEAD" else data
+        connection.write_headers(ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), headers, body)
         connection.finish()
 
     def reject(self, rejected: Rejected) -> None:

@@ -94,7 +94,13 @@ def test_root_must_be_xml(body):
         b"<xml><Content>\xc3</Content></xml>",
         "<xml><Content>中</Content></xml>".encode("gbk"),
         "<xml><Content>x</Content></xml>".encode("utf-16"),
+        # Without a byte-order mark, expat would take '3C 00' for UTF-16 whatever it is told.
+        "<xml><Content>x</Content></xml>".encode("utf-16-le"),
+        "<xml><Content>x</Content></xml>".encode("utf-16-be"),
+        "<xml><Content>x</Content></xml>".encode("utf-32-le"),
+        b"<xml><Content>x\x00</Content></xml>",
     ],
+    ids=["bad-byte", "truncated", "gbk", "utf16-bom", "utf16le", "utf16be", "utf32le", "nul"],
 )
 def test_invalid_utf8_bytes(body):
     with pytest.raises(InvalidEncodingError):

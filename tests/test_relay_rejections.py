@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
@@ -86,15 +87,17 @@ def test_oversize_chunked_body_is_413(relay):
         (b"", "malformed_xml"),
         (b"<notxml><a>1</a></notxml>", "malformed_xml"),
         (b"<xml><Content>\xff\xfe</Content></xml>", "malformed_xml"),
+        (signed(MsgId="555000666")[1].decode().encode("utf-16-le"), "malformed_xml"),
         (XXE, "hostile_xml"),
         (LAUGHS, "hostile_xml"),
     ],
-    ids=["truncated", "empty", "wrong-root", "invalid-utf8", "xxe", "billion-laughs"],
+    ids=["truncated", "empty", "wrong-root", "invalid-utf8", "utf16-without-bom", "xxe", "billion-laughs"],
 )
-def test_bad_xml_is_400(relay, body, reason):
+def test_bad_xml_is_400(relay, redis_server, body, reason):
     params, _ = signed()
     before = relay.metric("wxrelay_rejected_total", reason=reason)
     assert_rejected(post(relay, params, body), 400, relay, reason, before)
+    assert not redis_server.client().exists("wxrelay:msg:msg:555000666")
 
 
 def test_wrong_msg_signature_is_403(relay):
@@ -155,3 +158,37 @@ def test_a_query_that_is_not_utf8_is_400_and_not_dispatched(relay, redis_server)
     response = httpx.post(f"{relay.callback}?{query}", content=body, timeout=5)
     assert_rejected(response, 400, relay, "malformed_query", before)
     assert not redis_server.client().exists("wxrelay:msg:msg:555000444")
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["²", "١٧١٤٠٣٦٥٠٤", "9" * 5000, "+1714036504"],
+    ids=["superscript", "arabic-indic", "5000-digits", "plus-sign"],
+)
+def test_a_signed_timestamp_that_is_not_ascii_digits_is_403(relay, redis_server, timestamp):
+    # Signed with the token: only the timestamp's own check stands between it and a worker.
+    sim = WeChatSimulator("http://unused", TOKEN, APPID, AES_KEY)
+    params, body = sim.build_request({"MsgType": "text", "Content": "x", "MsgId": "555000555"}, timestamp=timestamp)
+    before = relay.metric("wxrelay_rejected_total", reason="timestamp")
+    assert_rejected(post(relay, params, body), 403, relay, "timestamp", before)
+    assert not redis_server.client().exists("wxrelay:msg:msg:555000555")
+
+
+@pytest.mark.parametrize(
+    "length", ["²", "1" + "0" * 5000, "-1", "0x10"], ids=["superscript", "5000-digits", "minus", "hex"]
+)
+def test_a_content_length_that_is_not_a_number_is_400(relay, length):
+    params, body = signed()
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+    request = f"POST /wechat?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode("latin-1")
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+        sock.sendall(request + body)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+
+
+@pytest.mark.parametrize("path", ["/wechat", "/wechat/nobody"])
+def test_a_head_request_is_answered_without_a_body(relay, path):
+    # Answered 405 (or 404) with a body, a HEAD made Tornado drop the connection: nginx said 502.
+    response = httpx.head(f"{relay.url}{path}", params=signed()[0], timeout=5)
+    assert response.status_code in (404, 405) and response.content == b""

@@ -1,10 +1,10 @@
 """Safe parsing of WeChat's XML bodies into dicts and message objects."""
 
 from typing import Any
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
-import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
 
 from .events import EVENT_TYPES, UnknownEvent
 from .exceptions import ForbiddenXMLError, InvalidEncodingError, MalformedXMLError, RootElementError
@@ -21,10 +21,12 @@ _ITEM_LISTS = frozenset({"PicList", "Articles"})
 
 def parse_xml(data: bytes | str) -> dict[str, Any]:
     """Parse a body into a dict of the children of its <xml> root."""
+    parser = DefusedXMLParser(
+        target=TreeBuilder(), encoding="utf-8", forbid_dtd=True, forbid_entities=True, forbid_external=True
+    )
     try:
-        root = defusedxml.ElementTree.fromstring(
-            _decode(data), forbid_dtd=True, forbid_entities=True, forbid_external=True
-        )
+        parser.feed(_utf8(data))
+        root = parser.close()
     except DefusedXmlException as exc:
         raise ForbiddenXMLError(str(exc)) from exc
     except ParseError as exc:
@@ -43,15 +45,19 @@ def parse_message(data: bytes | str | dict[str, Any]) -> BaseMessage:
     return MESSAGE_TYPES.get(msg_type, UnknownMessage)(fields)
 
 
-def _decode(data: bytes | str) -> str:
-    # Parsing text rather than bytes also makes expat ignore a declared encoding.
+def _utf8(data: bytes | str) -> bytes:
+    """The body as UTF-8 bytes; anything else is refused, never read in another
+    encoding (expat is told UTF-8, whatever a declaration says)."""
     try:
-        if isinstance(data, bytes):
-            return data.decode("utf-8")
-        data.encode("utf-8")  # lone surrogates would fail inside expat
-        return data
+        raw = data.encode("utf-8") if isinstance(data, str) else data  # lone surrogates fail here
+        raw.decode("utf-8")
     except UnicodeError as exc:
         raise InvalidEncodingError("body is not valid UTF-8") from exc
+    # No XML holds U+0000, and UTF-16 or UTF-32 holds a 0 byte in every '<': expat,
+    # though told UTF-8, would read them as what its first bytes suggest.
+    if b"\x00" in raw:
+        raise InvalidEncodingError("body holds NUL bytes")
+    return raw
 
 
 def _children(element: Element, depth: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -253,6 +253,25 @@ def check_bad_signature(target: Target) -> None:
         response = httpx.post(f"{target.url}/wechat", params=forged, content=body, timeout=5)
         check(response.status_code == 403, f"a bad {name} got HTTP {response.status_code}, not 403")
     passed("bad signature and bad msg_signature refused (403)")
+
+
+def check_chunked_bodies(target: Target) -> None:
+    """A body in small chunks outgrows nginx's memory buffer long before the limit: its workers
+    write it to a temp file, which they must be able to (a 500 otherwise, where 413 or 200 is due)."""
+    params, body = target.simulator("plain").build_request(
+        {"FromUserName": "o_chunks", "CreateTime": int(time.time()), "MsgType": "text", "Content": "in chunks"}
+    )
+
+    def chunks(data: bytes, size: int) -> Iterator[bytes]:
+        return (data[at : at + size] for at in range(0, len(data), size))
+
+    url = f"{target.url}/wechat"
+    answer = httpx.post(url, params=params, content=chunks(body, 4), timeout=10)
+    check(answer.status_code == 200, f"a message in 4-byte chunks got HTTP {answer.status_code}, not 200")
+    oversize = b"<xml>" + b"x" * 70_000 + b"</xml>"
+    answer = httpx.post(url, params=params, content=chunks(oversize, 16), timeout=10)
+    check(answer.status_code == 413, f"an oversize body in 16-byte chunks got HTTP {answer.status_code}, not 413")
+    passed("bodies in small chunks: a message answered (200), an oversize one refused (413)")
 
 
 def check_accounts(target: Target) -> None:
@@ -727,6 +746,7 @@ CHECKS = (
     check_allowed_sources,
     check_modes,
     check_bad_signature,
+    check_chunked_bodies,
     check_accounts,
     check_accounts_keep_to_their_keys,
     check_wecom_message,
