@@ -8,6 +8,7 @@ its PID, so the rehearsal never touches a process it did not start.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -50,13 +51,35 @@ def reply_budget(window: float) -> float:
     return round(max(0.8 * window, window - 0.5), 3)
 
 
+def _client_ports() -> range:
+    """The ports the kernel gives outgoing connections (net.ipv4.ip_local_port_range)."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(taken: frozenset[int] | set[int] = frozenset()) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in taken:
+    """A free port below the kernel's range for outgoing connections: one inside it can be held by a
+    client's socket (this process's own, or one a killed process left closing) when the appliance
+    must listen there again after every process was killed."""
+    below = range(10000, _client_ports().start)
+    for _ in range(1000):
+        port = random.choice(below)
+        if port not in taken and _bindable(port):
             return port
+    raise RuntimeError(f"no free port from {below.start} to {below.stop - 1}")
 
 
 def consecutive_free_ports(count: int, taken: set[int]) -> int:
@@ -64,15 +87,10 @@ def consecutive_free_ports(count: int, taken: set[int]) -> int:
     for _ in range(200):
         first = free_port(taken)
         wanted = range(first, first + count)
-        if set(wanted) & taken or first + count >= 65536:
+        if set(wanted) & taken or first + count >= _client_ports().start:
             continue
-        try:
-            for port in wanted:
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
+        if all(_bindable(port) for port in wanted):
+            return first
     raise RuntimeError(f"no run of {count} free ports")
 
 
