@@ -282,7 +282,7 @@ def test_accounts_file_renders_to_toml_the_appliance_loads(tmp_path: Path) -> No
     )
     assert (news.modes, news.aes_key, news.late_replies) == ({"plain"}, None, False)
     assert (staff.kind, staff.appid, staff.agentid, staff.modes) == ("wecom", "ww5a4b3c2d1e0f9876", 1000002, {"safe"})
-    assert staff.api_base == "http://127.0.0.1:9"
+    assert staff.api_base == "http://10.213.77.1:9180"
     assert len({account.token for account in served.values()}) == 4
 
 

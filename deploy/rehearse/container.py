@@ -184,6 +184,24 @@ class Container:
         if not self.running:
             remove_cgroups(self.cgroups)
 
+    def crash(self) -> None:
+        """Every process of the container SIGKILLed at once, its systemd and systemd-nspawn included: a
+        provider's hard reset or a power cut, as near as a container comes (its disk and its host's page
+        cache survive; a real power cut loses what was not yet synced).
+
+        Why cgroup.kill: the kernel kills the whole tree in one step and nothing forks out of it meanwhile,
+        so no process sees another die and acts on it: no shutdown in order, no unit restarted, no last
+        write. A SIGKILL to systemd-nspawn alone would make it kill its payload after the fact; a
+        SIGKILL per pid leaves the last ones a moment to see the first go; `machinectl terminate` stops
+        the machine's scope with SIGTERM first, as an orderly poweroff does."""
+        killers = [cgroup / "cgroup.kill" for cgroup in self.cgroups if (cgroup / "cgroup.kill").exists()]
+        if not self.running or not killers:
+            raise RehearsalError(f"cannot crash {self.machine}: not running, or no cgroup.kill (Linux 5.14+)")
+        killers[0].write_text("1\n")
+        assert self.nspawn is not None
+        self.nspawn.wait(30)
+        remove_cgroups(self.cgroups)
+
     def stop(self) -> None:
         assert self.nspawn is not None
         init = self.init_pid()
