@@ -200,6 +200,13 @@ class Container:
         killers[0].write_text("1\n")
         assert self.nspawn is not None
         self.nspawn.wait(30)
+        # The kill is delivered as each process is next scheduled: dead once the cgroup is empty.
+        events = killers[0].with_name("cgroup.events")
+        deadline = time.monotonic() + 30
+        while "populated 1" in events.read_text():
+            if time.monotonic() > deadline:
+                raise RehearsalError(f"{self.machine}: processes left in {events.parent} 30 s after cgroup.kill")
+            time.sleep(0.05)
         remove_cgroups(self.cgroups)
 
     def stop(self) -> None:

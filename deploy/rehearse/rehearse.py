@@ -180,7 +180,7 @@ class Rehearsal:
         with self.timings.step("make doctor"):
             self.doctor()
         with self.timings.step("host restarted mid-traffic"):
-            self.restart = HostRestart(self.container, target, HOST_ADDRESS).rehearse()
+            self.restart = HostRestart(self.container, HOST_LINK, target, HOST_ADDRESS).rehearse()
         self.timings.add("  power cut → healthy", self.restart.healthy)
         self.timings.add("  power cut → last message answered", self.restart.answered)
         log(f"host restarted mid-traffic: {self.restart.describe()}")

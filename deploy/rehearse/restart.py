@@ -16,6 +16,7 @@ the host never received no host can answer; WeChat's retries save it only if the
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import httpx
 
 from chaos.wechat import MODES, Message, WeChat
 from deploy.rehearse import e2e
-from deploy.rehearse.commands import RehearsalError, log
+from deploy.rehearse.commands import RehearsalError, log, run
 from deploy.rehearse.container import Container
 from deploy.rehearse.trickle import WINDOW, Trickle, echo, fake_api
 from simulator.api import FakeWeChatAPI
@@ -33,6 +34,8 @@ from simulator.api import FakeWeChatAPI
 API_PORT = 9180
 # What the bot writes, inside the container's root.
 RUNS = Path("var/lib/wxrelay/rehearsal-runs")
+# Debian's supervisor logs there what it starts, and what exits unexpectedly.
+SUPERVISOR_LOG = Path("var/log/supervisor/supervisord.log")
 RATE = 4.0  # fast messages a second
 CUT_AT = 18.0  # seconds after the first message
 QUIET = 1.0  # no message begins this long before the cut
@@ -53,6 +56,7 @@ ANSWERED_WITHIN = 180.0
 class Figures:
     sent: int
     passive: int
+    passive_after: int  # of them, on a delivery that met the host booted again
     late: int
     once: int
     lost: int
@@ -70,7 +74,8 @@ class Figures:
     def describe(self) -> str:
         states = ", ".join(f"{count} {state}" for state, count in self.at_cut.items())
         return (
-            f"{self.sent} sent, {self.once} answered exactly once ({self.passive} passively, {self.late} late), "
+            f"{self.sent} sent, {self.once} answered exactly once ({self.passive} passively, "
+            f"{self.passive_after} of them after the boot, {self.late} late), "
             f"lost {self.lost}, twice {self.twice}, wrong text {self.wrong}; {self.rerun} handlers cut and run "
             f"again; healthy {self.healthy:.1f} s after the cut, last answered at {self.answered:.1f} s; "
             f"at the cut: {states}"
@@ -78,8 +83,8 @@ class Figures:
 
 
 class HostRestart:
-    def __init__(self, container: Container, target: e2e.Target, api_address: str) -> None:
-        self.container, self.target, self.api_address = container, target, api_address
+    def __init__(self, container: Container, link: str, target: e2e.Target, api_address: str) -> None:
+        self.container, self.link, self.target, self.api_address = container, link, target, api_address
         self.runs = container.rootfs / RUNS
 
     def rehearse(self) -> Figures:
@@ -110,11 +115,19 @@ class HostRestart:
         pause_until(started + CUT_AT - QUIET)
         trickle.stop()
         pause_until(started + CUT_AT)
-        # Taken before the kill: a delivery the kill resets ends after it.
+        # A VM without power sends nothing: the resets of the killed sockets must not leave either (this
+        # machine's end of the veth pair is down while they die). WeChat's open deliveries run to their
+        # deadline, and its next ones meet the host booted again, as they would meet a VM back from a reset.
+        run(["ip", "link", "set", self.link, "down"])
         cut = time.monotonic()
-        self.container.crash()
+        try:
+            self.container.crash()
+        finally:
+            run(["ip", "link", "set", self.link, "up"])
         log(f"{self.container.machine}: every process SIGKILLed at once (cgroup.kill), {len(trickle.messages)} sent")
         before = self.read_runs()
+        supervisor_log = self.container.rootfs / SUPERVISOR_LOG
+        logged = supervisor_log.stat().st_size
         api.release_tokens()
         self.container.boot()
         log(f"{self.container.machine} booted again: ssh answers {time.monotonic() - cut:.1f} s after the cut")
@@ -128,6 +141,13 @@ class HostRestart:
             ANSWERED_WITHIN,
         )
         e2e.check_processes(self.target)
+        with open(supervisor_log, errors="replace") as log_file:
+            log_file.seek(logged)
+            since = log_file.read()
+        failed = [line for line in since.splitlines() if "not expected" in line or "gave up" in line]
+        if failed or "spawned:" not in since:
+            raise RehearsalError("at boot, supervisor's programs did not start cleanly:\n" + since[-3000:])
+        e2e.passed(f"at boot, supervisor started every program once: {since.count('spawned:')} spawned, none failed")
         figures = self.figures(trickle, api, cut, before, healthy, answered)
         missing = [state for state, count in figures.at_cut.items() if not count and state != "answered"]
         if missing:
@@ -145,7 +165,7 @@ class HostRestart:
                 if httpx.get(f"{self.target.url}/healthz", timeout=2).status_code != 200:
                     return False
                 health = e2e.relay_health(self.target)
-            except (httpx.HTTPError, ValueError, RehearsalError):
+            except (httpx.HTTPError, ValueError, RehearsalError, subprocess.TimeoutExpired):
                 return False
             return health.get("status") == "ok" and health.get("workers") == self.target.workers
 
@@ -171,7 +191,7 @@ class HostRestart:
         self, trickle: Trickle, api: FakeWeChatAPI, cut: float, before: str, healthy: float, answered: float
     ) -> Figures:
         after = self.read_runs()[len(before) :]
-        passive = late = once = lost = twice = wrong = rerun = 0
+        passive = passive_after = late = once = lost = twice = wrong = rerun = 0
         at_cut: dict[str, int] = dict.fromkeys(
             ("answered", "on delivery 1", "on delivery 2", "on delivery 3", "queued", "running late", "sending late"),
             0,
@@ -180,6 +200,7 @@ class HostRestart:
             sends = api.sends_to(message.user)
             answers = int(message.passive is not None) + len(sends)
             passive += message.passive is not None
+            passive_after += message.passive_at is not None and message.passive_at > cut
             late += len(sends)
             lost += answers == 0
             texts = ([message.passive] if message.passive is not None else []) + [
@@ -196,7 +217,20 @@ class HostRestart:
             twice += answers > 1 or ran_twice
             once += answers == 1 and not bad and not ran_twice
             at_cut[state_at(message, cut, before)] += 1
-        return Figures(len(trickle.messages), passive, late, once, lost, twice, wrong, rerun, at_cut, healthy, answered)
+        return Figures(
+            len(trickle.messages),
+            passive,
+            passive_after,
+            late,
+            once,
+            lost,
+            twice,
+            wrong,
+            rerun,
+            at_cut,
+            healthy,
+            answered,
+        )
 
 
 def state_at(message: Message, cut: float, runs: str) -> str:
