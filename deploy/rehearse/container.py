@@ -191,9 +191,10 @@ class Container:
 
         Why cgroup.kill: the kernel kills the whole tree in one step and nothing forks out of it meanwhile,
         so no process sees another die and acts on it: no shutdown in order, no unit restarted, no last
-        write. A SIGKILL to systemd-nspawn alone would make it kill its payload after the fact; a
-        SIGKILL per pid leaves the last ones a moment to see the first go; `machinectl terminate` stops
-        the machine's scope with SIGTERM first, as an orderly poweroff does."""
+        write. A SIGKILL to systemd-nspawn alone takes the container down in a cascade (its init on the
+        parent's death, then the rest with their namespace's init); a SIGKILL per pid leaves the last
+        ones a moment to see the first go; `machinectl terminate` (for a registered machine) sends SIGTERM
+        first, a chance to shut down that a power cut does not give."""
         killers = [cgroup / "cgroup.kill" for cgroup in self.cgroups if (cgroup / "cgroup.kill").exists()]
         if not self.running or not killers:
             raise RehearsalError(f"cannot crash {self.machine}: not running, or no cgroup.kill (Linux 5.14+)")
