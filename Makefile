@@ -23,7 +23,7 @@ help:
 	@echo "make soak     300 msg/s for 10 minutes, Redis memory watched (RATE=, MINUTES=)"
 	@echo "make chaos    rehearse the faults (workers, relays, Redis killed; Redis down, full) and print the table"
 	@echo "make deploy   provision a VPS with Ansible: make deploy INVENTORY=path (README: Deploy to a VPS)"
-	@echo "make rehearse the whole deploy against a fresh Debian 12 container (root, systemd-nspawn)"
+	@echo "make rehearse the whole deploy against a fresh Debian 12 container, then the host restarted mid-traffic (root, systemd-nspawn)"
 	@echo "make rehearse-fleet the multi-host deploy: relays, workers and broker containers on a private network, grown, hurt, upgraded"
 	@echo "make box      the local Vagrant box wxrelay/debian12 (libvirt), built from Debian's packages (root)"
 	@echo "make rehearse-vm vagrant up, checked end to end, provisioned again (changed=0), destroyed (root, libvirt)"

@@ -184,6 +184,32 @@ class Container:
         if not self.running:
             remove_cgroups(self.cgroups)
 
+    def crash(self) -> None:
+        """Every process of the container SIGKILLed at once, its systemd and systemd-nspawn included: a
+        provider's hard reset or a power cut, as near as a container comes (its disk and its host's page
+        cache survive; a real power cut loses what was not yet synced).
+
+        Why cgroup.kill: the kernel kills the whole tree in one step and nothing forks out of it meanwhile,
+        so no process sees another die and acts on it: no shutdown in order, no unit restarted, no last
+        write. A SIGKILL to systemd-nspawn alone takes the container down in a cascade (its init on the
+        parent's death, then the rest with their namespace's init); a SIGKILL per pid leaves the last
+        ones a moment to see the first go; `machinectl terminate` (for a registered machine) sends SIGTERM
+        first, a chance to shut down that a power cut does not give."""
+        killers = [cgroup / "cgroup.kill" for cgroup in self.cgroups if (cgroup / "cgroup.kill").exists()]
+        if not self.running or not killers:
+            raise RehearsalError(f"cannot crash {self.machine}: not running, or no cgroup.kill (Linux 5.14+)")
+        killers[0].write_text("1\n")
+        assert self.nspawn is not None
+        self.nspawn.wait(30)
+        # The kill is delivered as each process is next scheduled: dead once the cgroup is empty.
+        events = killers[0].with_name("cgroup.events")
+        deadline = time.monotonic() + 30
+        while "populated 1" in events.read_text():
+            if time.monotonic() > deadline:
+                raise RehearsalError(f"{self.machine}: processes left in {events.parent} 30 s after cgroup.kill")
+            time.sleep(0.05)
+        remove_cgroups(self.cgroups)
+
     def stop(self) -> None:
         assert self.nspawn is not None
         init = self.init_pid()

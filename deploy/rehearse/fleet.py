@@ -43,7 +43,7 @@ from deploy.rehearse.deploys import VAULT_PASSWORD, Operator, snapshot_project  
 from deploy.rehearse.network import Guest, Network  # noqa: E402
 from deploy.rehearse.recap import changed_by_host, recap_counts  # noqa: E402
 from deploy.rehearse.timings import Timings  # noqa: E402
-from deploy.rehearse.trickle import WINDOW, Counts, Trickle  # noqa: E402
+from deploy.rehearse.trickle import WINDOW, Counts, Trickle, fake_api  # noqa: E402
 from simulator.api import FakeWeChatAPI  # noqa: E402
 
 # Names of everything it creates on this machine, none shared with `make rehearse`; its own lock.
@@ -141,18 +141,6 @@ class Fleet:
         shutil.rmtree(base)
         snapshot_project(self.snapshot)
 
-    def start_api(self) -> FakeWeChatAPI:
-        s = self.secrets
-        api = FakeWeChatAPI(
-            appid=s["vault_wxrelay_wechat_appid"],
-            secret=s["vault_wxrelay_wechat_appsecret"],
-            address=(HOST_ADDRESS, API_PORT),
-        )
-        api.add_official(s["vault_wxrelay_shop_appid"], s["vault_wxrelay_shop_appsecret"])
-        api.add_wecom_app(s["vault_wxrelay_staff_corpid"], s["vault_wxrelay_staff_secret"], 1000002)
-        api.start()
-        return api
-
     def converge(self, name: str, extra: str = "") -> str:
         output = self.operator.deploy(name, extra)
         recap = recap_counts(output)
@@ -170,7 +158,7 @@ class Fleet:
             self.build()
         with self.timings.step("network and boot (3 hosts)"):
             self.network.up()
-            self.api = self.start_api()
+            self.api = fake_api(self.secrets, (HOST_ADDRESS, API_PORT))
             for name in ("relays1", "workers1", "broker1"):
                 self.hosts[name].boot()
         with self.timings.step("a. converge-1 (make deploy, 3 hosts)"):

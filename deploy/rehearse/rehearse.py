@@ -10,7 +10,12 @@ reaches the Debian mirror). Then, as a user would:
 3. `make deploy` with one more account: only the accounts file changes, the
    relays reload it in place (SIGHUP), the workers restart, the account answers;
 4. end-to-end checks from this machine through the container's nginx, and of
-   the host's hardening from inside it (deploy/rehearse/e2e.py).
+   the host's hardening from inside it (deploy/rehearse/e2e.py);
+5. `make doctor`;
+6. the whole host restarted mid-traffic: every process of the container
+   SIGKILLed at once with messages in flight, the same root booted again, the
+   services up by themselves, each message answered exactly once
+   (deploy/rehearse/restart.py).
 
 Everything it sets up is torn down at the end, on failure too: the container
 (powered off from inside), the namespace, the nftables table, the forwarding
@@ -45,6 +50,7 @@ from deploy.rehearse.container import Container, base_tree, make_key  # noqa: E4
 from deploy.rehearse.deploys import VAULT_PASSWORD, Operator, snapshot_project  # noqa: E402
 from deploy.rehearse.network import Guest, Network  # noqa: E402
 from deploy.rehearse.recap import changed_tasks, recap_counts  # noqa: E402
+from deploy.rehearse.restart import Figures, HostRestart  # noqa: E402
 from deploy.rehearse.timings import Timings  # noqa: E402
 
 # Names of everything the rehearsal creates on this machine; the lock makes
@@ -90,6 +96,7 @@ class Rehearsal:
         self.operator = Operator(work, INVENTORY, self.key, self.snapshot, "wxrelay-rehearse")
         self.timings = Timings()
         self.recaps: list[tuple[str, dict[str, dict[str, int]]]] = []
+        self.restart: Figures | None = None
 
     def ssh(
         self, command: str, *, check: bool = True, timeout: float = 60, input: str | None = None
@@ -105,6 +112,8 @@ class Rehearsal:
         lines = ["changed per converge:"]
         for name, recap in self.recaps:
             lines.append(f"  {name:<18} " + ", ".join(f"{host} changed={c['changed']}" for host, c in recap.items()))
+        if self.restart is not None:
+            lines.append(f"host restarted mid-traffic: {self.restart.describe()}")
         return "\n".join(lines)
 
     def doctor(self) -> None:
@@ -157,20 +166,26 @@ class Rehearsal:
         shown = leaked(third, secrets)
         if shown:
             raise RehearsalError(f"Ansible's output (converge-3.log) shows {', '.join(shown)}")
+        target = e2e.Target(
+            url=f"http://{GUEST_ADDRESS}",
+            https=f"https://{GUEST_ADDRESS}",
+            secrets=secrets,
+            certificate=ROOT / "tests/deploy/tls/wxrelay.test.crt",
+            shell=self.ssh,
+            address=GUEST_ADDRESS,
+            source=HOST_ADDRESS,
+        )
         with self.timings.step("end-to-end checks"):
-            e2e.run_checks(
-                e2e.Target(
-                    url=f"http://{GUEST_ADDRESS}",
-                    https=f"https://{GUEST_ADDRESS}",
-                    secrets=secrets,
-                    certificate=ROOT / "tests/deploy/tls/wxrelay.test.crt",
-                    shell=self.ssh,
-                    address=GUEST_ADDRESS,
-                    source=HOST_ADDRESS,
-                )
-            )
+            e2e.run_checks(target)
         with self.timings.step("make doctor"):
             self.doctor()
+        with self.timings.step("host restarted mid-traffic"):
+            self.restart = HostRestart(self.container, HOST_LINK, target, HOST_ADDRESS).rehearse()
+        self.timings.add("  power cut → healthy", self.restart.healthy)
+        self.timings.add("  power cut → last message answered", self.restart.answered)
+        log(f"host restarted mid-traffic: {self.restart.describe()}")
+        if not self.restart.ok:
+            raise RehearsalError(f"host restarted mid-traffic: {self.restart.describe()}")
 
     def reload_accounts(self) -> str:
         """An account added to wxrelay_accounts: the deploy changes the accounts file and

@@ -14,6 +14,10 @@ class Timings:
     def step(self, name: str) -> _Step:
         return _Step(self, name)
 
+    def add(self, name: str, seconds: float) -> None:
+        """A duration measured inside a step (from a fault to a recovery)."""
+        self.steps.append((name, seconds))
+
     def report(self) -> str:
         return "\n".join(f"  {name:<40} {seconds:7.1f} s" for name, seconds in self.steps)
 

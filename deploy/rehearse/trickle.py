@@ -52,6 +52,18 @@ class Counts:
         )
 
 
+def fake_api(secrets: dict[str, str], address: tuple[str, int]) -> FakeWeChatAPI:
+    """The fake WeChat API on `address`, started, knowing the test vault's accounts that send late replies
+    (tests/deploy/inventory/group_vars/all/vault.yml): the default account, shop, and the WeCom app staff."""
+    api = FakeWeChatAPI(
+        appid=secrets["vault_wxrelay_wechat_appid"], secret=secrets["vault_wxrelay_wechat_appsecret"], address=address
+    )
+    api.add_official(secrets["vault_wxrelay_shop_appid"], secrets["vault_wxrelay_shop_appsecret"])
+    api.add_wecom_app(secrets["vault_wxrelay_staff_corpid"], secrets["vault_wxrelay_staff_secret"], 1000002)
+    api.start()
+    return api
+
+
 class Trickle:
     def __init__(self, wechat: WeChat, api: FakeWeChatAPI, rate: float, label: str) -> None:
         self.wechat, self.api, self.rate, self.label = wechat, api, rate, label
